@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make lab` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LAB_ARGS ?=
+NBVAL := MINIDALLE_FAST=1 $(PY) -m pytest --nbval-lax --nbval-current-env \
+	--nbval-sanitize-with notebooks/nbval_sanitize.cfg -p no:cacheprovider
+
+.PHONY: lab test unit notebooks bench assignments clean-venv
+
+# The venv is rebuilt whenever requirements.txt or pyproject.toml change.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+lab: $(VENV)/.installed  ## set up and open the course in JupyterLab
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+test: $(VENV)/.installed  ## set up, then unit tests and every notebook under nbval (fast mode)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(NBVAL) notebooks/
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+notebooks: $(VENV)/.installed
+	$(NBVAL) notebooks/
+
+bench: $(VENV)/.installed  ## writes benchmarks/results.json and benchmarks/results.md
+	$(PY) benchmarks/run.py
+
+clean-venv:
+	rm -rf $(VENV)
