@@ -7,6 +7,7 @@ Shape legend: N images, C=3 channels, S image side (pixels).
 from __future__ import annotations
 
 import itertools
+import numbers
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
@@ -260,14 +261,14 @@ def render(attrs_list: Sequence[Attributes], seed: int = 0, image_size: int = 32
     dx = coords[None, None, :] - centers[:, 0, None, None]  # (N, 1, S) horizontal offset
     dy = coords[None, :, None] - centers[:, 1, None, None]  # (N, S, 1) vertical offset
     mask = np.zeros((n, S, S), dtype=bool)
-    shapes = np.array([a.shape for a in attrs_list])
+    shapes = np.array([a.shape for a in attrs_list], dtype=object)
     for shape in SHAPES:  # a loop over the 4 shapes, vectorized over images and pixels
         idx = np.nonzero(shapes == shape)[0]
         if len(idx):
             mask[idx] = _shape_mask(shape, dx[idx], dy[idx], radius[idx])
     # Horizontal bands from the top of the shape: the first 2/3 of each period is color 1.
     band = np.mod(dy + radius, period) >= (2.0 / 3.0) * period  # (N, S, 1) True on thin stripe
-    striped = np.array([bool(a.striped) for a in attrs_list])[:, None, None]
+    striped = np.array([bool(a.striped) for a in attrs_list], dtype=bool)[:, None, None]
     use2 = band & striped  # (N, S, 1)
     fill = np.where(use2[:, None], color2[:, :, None, None], color1[:, :, None, None])  # (N, 3, S, 1)
 
@@ -286,7 +287,7 @@ class Samples(NamedTuple):
 def make_dataset(n: int, split: str = "train", seed: int = 0, partial: bool = False,
                  image_size: int = 32) -> Samples:
     """n rendered scenes of a split with their captions (full ones, or random partial ones)."""
-    if not isinstance(n, int) or n < 0:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     rng = np.random.default_rng(seed)
     scenes = sample_scenes(n, split, rng)
