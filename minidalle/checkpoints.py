@@ -45,9 +45,11 @@ def config_from_dict(cls, data: dict):
         raise CheckpointError(f"config for {cls.__name__} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    unknown, missing = set(data) - names, names - set(data)
     if unknown:
         raise CheckpointError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected {sorted(names)}")
+    if missing:  # a default could silently build another model (e.g. other heads: same shapes)
+        raise CheckpointError(f"{cls.__name__} config lacks fields {sorted(missing)}")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
@@ -66,6 +68,9 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)  # atomic on POSIX: readers never see a half-written file
     finally:
         if os.path.exists(tmp):
@@ -93,7 +98,8 @@ def read_meta(path, kind: str) -> dict:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{json_path} is corrupt: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("kind") != kind:
+    if (not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("kind") != kind
+            or not isinstance(meta.get("config"), dict)):
         raise CheckpointError(f"{json_path} is not a minidalle {kind!r} checkpoint (format {FORMAT})")
     return meta
 
@@ -132,7 +138,10 @@ def load_module(path, kind: str, config_cls, build):
     """Build a module from a checkpoint's config with `build(config)` and load its weights."""
     meta = read_meta(path, kind)
     config = config_from_dict(config_cls, meta["config"])
-    module = build(config)
+    try:
+        module = build(config)
+    except (TypeError, ValueError, RuntimeError) as error:  # e.g. a width edited to a string
+        raise CheckpointError(f"{paths(path)[1]}: cannot build a model from {config}: {error}") from None
     module.load_state_dict(load_tensors(path, module.state_dict()))
     return module.eval(), meta
 

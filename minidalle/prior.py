@@ -23,7 +23,7 @@ from minidalle.unet import timestep_embedding
 @dataclass(frozen=True)
 class PriorConfig:
     embed_dim: int = 64
-    width: int = 192
+    width: int = 128
     layers: int = 4
     heads: int = 4
     schedule: str = "cosine"

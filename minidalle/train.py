@@ -200,8 +200,8 @@ def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, re
     return trainer.run(), trainer
 
 
-PRIOR_TRAIN = TrainConfig(steps=3000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
-DECODER_TRAIN = TrainConfig(steps=1500, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
+PRIOR_TRAIN = TrainConfig(steps=2000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
+DECODER_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
                             save_every=100)
 
 
@@ -245,13 +245,20 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
     bank, scenes = embedding_bank(clip, bank_size, seed=config.seed + 7)
     model.set_statistics(bank)
 
+    cache: dict[str, torch.Tensor] = {}  # the grammar has only a few thousand distinct captions
+
+    def embed_text(captions):
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            with torch.no_grad():
+                cache.update(zip(missing, clip.encode_text(missing)))
+        return torch.stack([cache[c] for c in captions])  # (B, E)
+
     def loss_fn(model, step):
         rng = np.random.default_rng([config.seed, step])
         index = rng.integers(len(scenes), size=config.batch_size)
         captions = [random_caption_variant(scenes[i], rng) for i in index]
-        with torch.no_grad():
-            text = clip.encode_text(captions)
-        return model.loss(text, bank[torch.from_numpy(index)].to(model.device))
+        return model.loss(embed_text(captions), bank[torch.from_numpy(index)].to(model.device))
 
     trainer = Trainer(model, loss_fn, config, "prior", save=save_prior, out=out, resume=resume, force=force,
                       progress=progress, evaluate=lambda m: prior_metrics(m, clip, eval_size) if eval_size else {})

@@ -1,0 +1,108 @@
+"""U-Net and decoder: shapes, guidance, determinism, overfitting, checkpoints."""
+import json
+
+import pytest
+import torch
+
+from minidalle.checkpoints import CheckpointError
+from minidalle.decoder import Decoder, DecoderConfig, load_decoder, save_decoder
+from minidalle.unet import UNet, UNetConfig, timestep_embedding
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_unet_output_shape(batch):
+    unet = UNet(UNetConfig.tiny())
+    x = torch.randn(batch, 3, 32, 32)
+    t = torch.randint(0, 1000, (batch,))
+    assert unet(x, t, torch.randn(batch, 16)).shape == (batch, 3, 32, 32)
+    assert unet(x, t, None).shape == (batch, 3, 32, 32)
+
+
+def test_default_unet_shape_and_size():
+    unet = UNet(UNetConfig())
+    assert unet(torch.randn(2, 3, 32, 32), torch.tensor([0, 999]), torch.randn(2, 64)).shape == (2, 3, 32, 32)
+    assert sum(p.numel() for p in unet.parameters()) < 4_000_000  # keeps checkpoints small
+
+
+def test_timestep_embedding_closed_form():
+    emb = timestep_embedding(torch.tensor([0, 5]), 8)
+    assert emb.shape == (2, 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-torch.log(torch.tensor(10_000.0)) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[1], torch.cat([(5 * freqs).cos(), (5 * freqs).sin()]))
+
+
+def test_conditioning_changes_the_output():
+    torch.manual_seed(0)
+    unet = UNet(UNetConfig.tiny())
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 10])
+    a, b = unet(x, t, torch.randn(2, 16)), unet(x, t, torch.randn(2, 16))
+    assert not torch.allclose(a, b)
+
+
+def test_guidance_one_equals_plain_conditional():
+    decoder = Decoder(DecoderConfig.tiny()).eval()
+    x, t, e = torch.randn(2, 3, 32, 32), torch.tensor([3, 50]), torch.randn(2, 16)
+    torch.testing.assert_close(decoder.guided(x, t, e, 1.0), decoder.unet(x, t, e))
+    cond, uncond = decoder.unet(x, t, e), decoder.unet(x, t, None)
+    torch.testing.assert_close(decoder.guided(x, t, e, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5, rtol=1e-4)
+
+
+def test_same_seed_same_images_in_range():
+    decoder = Decoder(DecoderConfig.tiny()).eval()
+    e = torch.randn(2, 16)
+    a, b = decoder.sample(e, seed=1, guidance=2.0), decoder.sample(e, seed=1, guidance=2.0)
+    torch.testing.assert_close(a, b)
+    assert a.shape == (2, 3, 32, 32) and 0 <= a.min() and a.max() <= 1
+    assert not torch.allclose(a, decoder.sample(e, seed=2, guidance=2.0))
+
+
+def test_decoder_overfits_a_tiny_batch():
+    """Two images, two embeddings: after a short fit, sampling reproduces each image."""
+    torch.manual_seed(0)
+    from minidalle.world import Attributes, render
+
+    images = render([Attributes("square", "red", False, None, "large", "left"),
+                     Attributes("circle", "blue", False, None, "large", "right")], seed=0)
+    embeddings = torch.eye(2, 16) * 4
+    decoder = Decoder(DecoderConfig(unet=UNetConfig.tiny(), T=100, steps=10, drop_condition=0.0))
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=3e-3)
+    for step in range(250):
+        loss = decoder.loss(images.repeat(4, 1, 1, 1), embeddings.repeat(4, 1), torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    out = decoder.eval().sample(embeddings, seed=0)
+    error = (out - images).abs().mean(dim=(1, 2, 3))
+    swapped = (out - images.flip(0)).abs().mean(dim=(1, 2, 3))
+    assert (error < 0.1).all() and (error < swapped / 2).all()
+
+
+def test_bad_embeddings_and_steps():
+    decoder = Decoder(DecoderConfig.tiny())
+    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+        decoder.sample(torch.randn(2, 64))
+    with pytest.raises(ValueError, match="steps"):
+        decoder.sample(torch.randn(2, 16), steps=0)
+    with pytest.raises(ValueError, match="prediction"):
+        DecoderConfig(prediction="noise")
+
+
+def test_save_load_identical_and_mismatch(tmp_path):
+    decoder = Decoder(DecoderConfig.tiny()).eval()
+    save_decoder(decoder, tmp_path / "decoder")
+    e = torch.randn(1, 16)
+    torch.testing.assert_close(decoder.sample(e, seed=0), load_decoder(tmp_path / "decoder").sample(e, seed=0))
+    meta = json.loads((tmp_path / "decoder.json").read_text())
+    meta["config"]["unet"]["width"] = 24
+    (tmp_path / "decoder.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_decoder(tmp_path / "decoder")
+
+
+def test_truncated_checkpoint_fails_clearly(tmp_path):
+    save_decoder(Decoder(DecoderConfig.tiny()), tmp_path / "decoder")
+    weights = tmp_path / "decoder.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_decoder(tmp_path / "decoder")
