@@ -12,9 +12,10 @@ import torch
 
 from minidalle import ROOT
 from minidalle.evaluate import (
-    AttributeJudge, JudgeConfig, Rater, attribute_accuracy, frechet_distance, judge_distance, load_judge,
-    rating_1_to_5, rating_agreement, read_ratings, save_judge, score_prompts, train_judge, variety,
+    frechet_distance, judge_distance, rating_1_to_5, rating_agreement, score_prompts, variety,
 )
+from minidalle.judge import AttributeJudge, JudgeConfig, attribute_accuracy, load_judge, save_judge, train_judge
+from minidalle.rating import Rater, read_ratings
 from minidalle.train import TrainConfig
 from minidalle.world import POSITIONS, Attributes, make_dataset, render
 
