@@ -29,6 +29,9 @@ unit: $(VENV)/.installed
 notebooks: $(VENV)/.installed
 	$(NBVAL) notebooks/
 
+assignments: $(VENV)/.installed  ## student versions of the notebooks in assignments/ (docs/TEACHERS.md)
+	$(PY) tools/make_assignments.py
+
 bench: $(VENV)/.installed  ## writes benchmarks/results.json and benchmarks/results.md
 	$(PY) benchmarks/run.py
 
