@@ -14,14 +14,6 @@ from minidalle.attention import MultiHeadAttention, scaled_dot_product_attention
 PROPERTY = settings(max_examples=30, deadline=None)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread beats two (and does not fight a busy machine for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_padding_mask(B: int, S: int, g: torch.Generator) -> torch.Tensor:
     """(B, S) key padding mask, True on real keys; key 0 is always real (like a start token)."""

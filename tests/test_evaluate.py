@@ -22,13 +22,6 @@ from minidalle.world import POSITIONS, Attributes, make_dataset, render
 RED_CIRCLE = Attributes("circle", "red", False, None, "large", "left")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def judge():

@@ -10,14 +10,6 @@ from minidalle.world import SHAPES, make_dataset
 CAPTIONS = ["a red circle", "a large red and green striped circle on the left", "a striped cross in the center"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread beats two (and does not fight a busy machine for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
