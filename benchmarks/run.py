@@ -124,12 +124,16 @@ def bench_prior(folder: Path, quick: bool) -> list[dict]:
     predicted = prior.sample(text, seed=0)
     cos = {"prior": (predicted * image).sum(-1).mean().item(), "text": (text * image).sum(-1).mean().item(),
            "renders": (other * image).sum(-1).mean().item()}
+    # Paired difference per caption, so its standard error says whether the gap is more than noise.
+    gap = (predicted * image).sum(-1) - (other * image).sum(-1)  # (n,)
+    gap_se = (gap.std() / len(gap) ** 0.5).item()
     how = f"mean cosine to the true image embedding, {n} held-out captions, prior.sample(seed=0)"
     rows = [figure("prior cosine", cos["prior"], None, how),
             figure("prior cosine - text-embedding cosine", cos["prior"] - cos["text"], ">= 0.03",
                    f"{how}; text baseline {cos['text']:.3f}"),
             figure("prior cosine - two-renders cosine", cos["prior"] - cos["renders"], ">= 0",
-                   f"{how}; two independent renders of a caption: {cos['renders']:.3f}")]
+                   f"{how}; two independent renders of a caption: {cos['renders']:.4f}; "
+                   f"standard error of the paired gap {gap_se:.5f}")]
     from_prior, from_real = _retrieval(predicted, text, data.captions), _retrieval(image, text, data.captions)
     rows.append(figure("retrieval from prior - from real (top-1)", from_prior - from_real, ">= 0",
                        f"caption top-1 in batches of 128: from prior embeddings {from_prior:.3f}, "
@@ -206,7 +210,21 @@ def markdown(results: dict) -> str:
             verdict = {True: "pass", False: "**fail**", None: "—"}[row["pass"]]
             lines.append(f"| {name} | {row['figure']} | {_cell(row['value'], row['unit'])} | {row['target'] or '—'} "
                          f"| {verdict} | {row['how']} |")
+    gpu = HERE / "gpu_results.json"
+    if gpu.exists():  # recorded by benchmarks/gpu.py on a machine with a GPU; not re-measured here
+        g = json.loads(gpu.read_text())
+        lines += ["", f"## On a GPU ({g.get('gpu', g['device'])}, torch {g['torch']}; recorded by `benchmarks/gpu.py`)",
+                  "", "| figure | value |", "|---|---|"]
+        lines += [f"| {k} | {_gpu_cell(v)} |" for k, v in g.items() if k not in ("device", "gpu", "torch", "python")]
     return "\n".join(lines) + "\n"
+
+
+def _gpu_cell(value) -> str:
+    if isinstance(value, dict):
+        keys = ("seen_shape", "seen_color", "seen_striped", "heldout_shape", "heldout_color", "heldout_striped")
+        shown = {k: value[k] for k in keys if k in value} or value
+        return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    return str(value)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ def _generate(args) -> int:
         print(f"error: {out} exists; pass --force to overwrite it", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads) if args.threads else None
-    pipe = UnCLIP.from_pretrained(args.checkpoints)
+    pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
     images = pipe.generate([args.prompt] * args.n, seed=args.seed, guidance=args.guidance, steps=args.steps)
     save_grid(images, out, captions=[args.prompt] * args.n if args.n > 1 else None)
     print(f"wrote {out}")
@@ -40,19 +40,20 @@ def _train(args) -> int:
     for stage in stages:
         kw = dict(out=folder / stage, resume=args.resume, force=args.force)
         if stage == "clip":
-            train.train_clip(**kw)
+            train.train_clip(device=args.device, **kw)
         else:
-            clip = load_clip(folder / "clip")
+            clip = load_clip(folder / "clip", args.device)
             (train.train_prior if stage == "prior" else train.train_decoder)(clip, **kw)
         print(f"wrote {folder / stage}.safetensors")
     return 0
 
 
 def _evaluate(args) -> int:
-    from minidalle.evaluate import evaluate_pipeline
+    from minidalle.evaluate import evaluate_pipeline, load_judge
     from minidalle.pipeline import UnCLIP
 
-    results = evaluate_pipeline(UnCLIP.from_pretrained(args.checkpoints), n=args.n, seed=args.seed)
+    pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
+    results = evaluate_pipeline(pipe, n=args.n, seed=args.seed, judge=load_judge(device=args.device))
     for name, value in results.items():
         print(f"{name:40s} {value:.3f}" if isinstance(value, float) else f"{name:40s} {value}")
     return 0
@@ -87,7 +88,16 @@ def main(argv=None) -> int:
 
     for p in (g, t, e):
         p.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder (default: shipped)")
+        p.add_argument("--device", default="cpu",
+                       help="torch device: cpu (default) or cuda; the same seed gives different images on each")
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        import torch
+
+        try:
+            torch.empty(0, device=args.device)
+        except (RuntimeError, AssertionError) as error:
+            parser.error(f"--device {args.device} is not usable here ({str(error).splitlines()[0]})")
     if getattr(args, "n", 1) < 1:
         parser.error("-n must be >= 1")
     try:

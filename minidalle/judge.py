@@ -121,7 +121,8 @@ JUDGE_TRAIN = TrainConfig(steps=400, batch_size=128, lr=5e-3, warmup=30, eval_ev
 
 
 def train_judge(config: JudgeConfig = JudgeConfig(), train: TrainConfig = JUDGE_TRAIN, out=None,
-                force: bool = False, progress: bool = True, eval_size: int = 2048):
+                force: bool = False, progress: bool = True, eval_size: int = 2048,
+                device: str | torch.device = "cpu"):
     """Train the judge on fresh renders of every composition (held-out pairs too: it must judge them).
 
     Each step renders a new batch of `make_dataset(..., split="all")`, so it never sees an image
@@ -132,7 +133,7 @@ def train_judge(config: JudgeConfig = JudgeConfig(), train: TrainConfig = JUDGE_
     if out is not None:
         checkpoints.ensure_writable(out, force)  # fail now, not after a minute of training
     torch.manual_seed(train.seed)
-    judge = AttributeJudge(config)
+    judge = AttributeJudge(config).to(device)
 
     def loss_fn(model, step):
         batch = make_dataset(train.batch_size, "all", seed=train.seed * 1_000_003 + step)

@@ -30,7 +30,7 @@ class PriorConfig:
     T: int = 1000
     drop_text: float = 0.1
     steps: int = 50  # default DDIM steps
-    best_of: int = 2  # default candidates per prompt (unCLIP samples 2)
+    best_of: int = 2  # default candidates per prompt (unCLIP samples 2; more costs variety, notebook 05)
 
     @classmethod
     def tiny(cls) -> "PriorConfig":

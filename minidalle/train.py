@@ -179,17 +179,19 @@ def clip_metrics(model, n: int = 1024, split: str = "heldout", seed: int = 12345
 
 
 def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, resume: bool = False,
-               force: bool = False, progress: bool = True, eval_size: int = 512):
+               force: bool = False, progress: bool = True, eval_size: int = 512,
+               device: str | torch.device = "cpu"):
     """Train CLIP on fresh batches of the train split (full and partial captions).
 
     out: checkpoint path (e.g. minidalle.CHECKPOINT_DIR / "clip"), None to keep it in memory.
+    device: where to train ("cuda" on a GPU); the prior and decoder train where their CLIP is.
     Returns (model, trainer); trainer.history holds [step, loss] pairs.
     """
     from minidalle.clip import CLIP, CLIPConfig, save_clip
     from minidalle.world import make_dataset
 
     torch.manual_seed(config.seed)
-    model = CLIP(model_config or CLIPConfig())
+    model = CLIP(model_config or CLIPConfig()).to(device)
 
     def loss_fn(model, step):
         batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step, partial=True)
@@ -201,8 +203,8 @@ def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, re
 
 
 PRIOR_TRAIN = TrainConfig(steps=2000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
-DECODER_TRAIN = TrainConfig(steps=2000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
-                            save_every=100)
+DECODER_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
+                            save_every=250)
 
 
 def embedding_bank(clip, n: int, seed: int, split: str = "train", batch: int = 1024):

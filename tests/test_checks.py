@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from minidalle import checks
+from minidalle.checks.world import _all_prompts
 from minidalle.world import Attributes, parse_prompt
 
 
@@ -299,8 +300,8 @@ def test_an_error_in_the_students_code_keeps_its_traceback():
 
 
 def test_prompt_count_matches_the_grammar():
-    assert count_prompts(4, 7, 2, 5) == len(checks._all_prompts()) == 4176
-    assert len({caption_of(p) for p in checks._all_prompts()}) == 4176  # distinct prompts
+    assert count_prompts(4, 7, 2, 5) == len(_all_prompts()) == 4176
+    assert len({caption_of(p) for p in _all_prompts()}) == 4176  # distinct prompts
 
 
 def test_references_agree_with_the_package():

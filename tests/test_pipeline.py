@@ -122,3 +122,20 @@ def test_cli_help_for_every_command(capsys):
 def test_cli_train_refuses_to_overwrite(tmp_path, folder, capsys):
     assert main(["train", "clip", "--checkpoints", str(folder)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_unusable_device_is_a_clear_error(tmp_path, folder, capsys):
+    out = tmp_path / "x.png"
+    with pytest.raises(SystemExit) as info:
+        main(["generate", "a red circle", "-o", str(out), "--checkpoints", str(folder), "--device", "nodevice"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--device nodevice is not usable here" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_cli_explicit_cpu_device_generates(tmp_path, folder):
+    out = tmp_path / "x.png"
+    assert main(["generate", "a red circle", "-o", str(out), "--steps", "2", "--checkpoints", str(folder),
+                 "--device", "cpu"]) == 0
+    assert out.exists()
