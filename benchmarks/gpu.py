@@ -27,8 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from minidalle import CHECKPOINT_DIR  # noqa: E402
-from minidalle.clip import load_clip  # noqa: E402
 from minidalle.evaluate import evaluate_pipeline, load_judge  # noqa: E402
 from minidalle.judge import JUDGE_TRAIN, train_judge  # noqa: E402
 from minidalle.pipeline import UnCLIP  # noqa: E402

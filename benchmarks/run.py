@@ -122,10 +122,10 @@ def bench_prior(folder: Path, quick: bool) -> list[dict]:
     image, text = clip.encode_image(data.images), clip.encode_text(data.captions)
     other = clip.encode_image(render(data.attributes, seed=SEED + 2))  # a second, independent render
     predicted = prior.sample(text, seed=0)
-    cos = {"prior": (predicted * image).sum(-1).mean().item(), "text": (text * image).sum(-1).mean().item(),
-           "renders": (other * image).sum(-1).mean().item()}
+    per_caption = {name: (v * image).sum(-1) for name, v in (("prior", predicted), ("text", text), ("renders", other))}
+    cos = {name: v.mean().item() for name, v in per_caption.items()}  # each (n,) before the mean
     # Paired difference per caption, so its standard error says whether the gap is more than noise.
-    gap = (predicted * image).sum(-1) - (other * image).sum(-1)  # (n,)
+    gap = per_caption["prior"] - per_caption["renders"]  # (n,)
     gap_se = (gap.std() / len(gap) ** 0.5).item()
     how = f"mean cosine to the true image embedding, {n} held-out captions, prior.sample(seed=0)"
     rows = [figure("prior cosine", cos["prior"], None, how),

@@ -5,7 +5,6 @@ interpolations (§3.2) and text diffs (§3.3). Shape legend: N images, E embeddi
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 

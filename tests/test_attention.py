@@ -14,7 +14,6 @@ from minidalle.attention import MultiHeadAttention, scaled_dot_product_attention
 PROPERTY = settings(max_examples=30, deadline=None)
 
 
-
 def random_padding_mask(B: int, S: int, g: torch.Generator) -> torch.Tensor:
     """(B, S) key padding mask, True on real keys; key 0 is always real (like a start token)."""
     mask = torch.rand(B, S, generator=g) < 0.6

@@ -22,7 +22,6 @@ from minidalle.world import POSITIONS, Attributes, make_dataset, render
 RED_CIRCLE = Attributes("circle", "red", False, None, "large", "left")
 
 
-
 @pytest.fixture(scope="module")
 def judge():
     return load_judge()

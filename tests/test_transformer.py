@@ -10,7 +10,6 @@ from minidalle.world import SHAPES, make_dataset
 CAPTIONS = ["a red circle", "a large red and green striped circle on the left", "a striped cross in the center"]
 
 
-
 def n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -77,7 +77,6 @@ def check_entropy(fn) -> None:
         if math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
             continue
         counts = np.unique(np.array([str(v) for v in values]), return_counts=True)[1]
-        p = counts / counts.sum()
         known = [(want * math.log(2), "that is the entropy in nats (natural log): use log2 for bits"),
                  (-want, "the sign is wrong: entropy is -sum(p * log2(p)), positive"),
                  (math.log2(len(counts)), "log2(number of distinct values) is the maximum, reached only when every "
