@@ -55,7 +55,13 @@ def _evaluate(args) -> int:
     pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
     results = evaluate_pipeline(pipe, n=args.n, seed=args.seed, judge=load_judge(device=args.device))
     for name, value in results.items():
-        print(f"{name:40s} {value:.3f}" if isinstance(value, float) else f"{name:40s} {value}")
+        if name.endswith(("_ci", "_k")):
+            continue  # shown next to their accuracy
+        if f"{name}_ci" in results:
+            lo, hi = results[f"{name}_ci"]
+            print(f"{name:40s} {value:.3f}  [{lo:.3f}, {hi:.3f}] 95% Wilson, {results[name + '_k']} prompts")
+        else:
+            print(f"{name:40s} {value:.3f}" if isinstance(value, float) else f"{name:40s} {value}")
     return 0
 
 

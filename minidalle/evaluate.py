@@ -6,7 +6,8 @@ Shape legend: N images, F judge feature width, V values of an attribute.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +16,51 @@ from minidalle.world import HELDOUT, Attributes, make_dataset, parse_prompt, ren
 from minidalle.judge import (HEADS, SCORED, AttributeJudge, JudgeConfig, attribute_accuracy,  # noqa: F401
                              judge_accuracy,
                              load_judge, save_judge, train_judge)
+
+
+# ----------------------------------------------------------------------------- intervals
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a proportion successes / n (Wilson 1927; Brown, Cai & DasGupta 2001).
+
+    Unlike the textbook p +- z sqrt(p (1 - p) / n), it stays inside [0, 1] and is honest at
+    p = 0 or 1 (e.g. 64 / 64 gives about (0.94, 1.0), not (1.0, 1.0)). n = 0 gives (0, 1).
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got {successes} of {n}")
+    if n == 0:
+        return 0.0, 1.0
+    z = _normal_quantile(0.5 + confidence / 2)
+    p = successes / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal's q-quantile, by bisection on erf (no scipy needed)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q else (lo, mid)
+    return (lo + hi) / 2
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable = np.mean, confidence: float = 0.95,
+                       resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of statistic(values) (Efron 1979): resample with replacement."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"need a non-empty 1-D list of values, got shape {values.shape}")
+    rng = np.random.default_rng(seed)
+    draws = np.array([statistic(values[rng.integers(len(values), size=len(values))]) for _ in range(resamples)])
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
+
+
+def format_interval(value: float, interval: tuple[float, float], digits: int = 3) -> str:
+    """'0.848 [0.80, 0.88]': a value and its interval, for tables and notebook prints."""
+    lo, hi = interval
+    return f"{value:.{digits}f} [{lo:.{digits - 1}f}, {hi:.{digits - 1}f}]"
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -39,12 +85,14 @@ def _checks(pred: Attributes, asked: Attributes) -> dict[str, bool]:
     return {name: getattr(pred, name) == getattr(asked, name) for name in SCORED if getattr(asked, name) is not None}
 
 
-def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str]) -> dict[str, float]:
+def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str], intervals: bool = False) -> dict:
     """Per-attribute accuracy of judged images against what each prompt specifies.
 
     A prompt is "heldout" when its (shape, color) pair is in HELDOUT, else "seen". Keys:
     "{seen|heldout}_{attribute}" (accuracy, NaN when no prompt of the group asked for it),
     "{seen|heldout}_all" (every specified attribute right) and "{seen|heldout}_n" (prompts).
+    With intervals, each accuracy key also gets "<key>_ci", its 95 % Wilson interval (lo, hi),
+    and "<key>_k", the number of prompts it counts ((0, 1) and 0 when none asked for it).
     """
     asked = _asked(predicted, prompts)
     hits = {(g, a): [] for g in ("seen", "heldout") for a in SCORED + ("all",)}
@@ -58,6 +106,9 @@ def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str]) -> di
         hits[(group, "all")].append(all(checks.values()))
     out = {f"{g}_{a}": (float(np.mean(v)) if v else float("nan")) for (g, a), v in hits.items()}
     out.update({f"{g}_n": n for g, n in counts.items()})
+    if intervals:
+        out.update({f"{g}_{a}_ci": wilson_interval(int(sum(v)), len(v)) for (g, a), v in hits.items()})
+        out.update({f"{g}_{a}_k": len(v) for (g, a), v in hits.items()})
     return out
 
 
@@ -168,7 +219,8 @@ def evaluation_prompts(n: int, seed: int = 0):
 def evaluate_pipeline(pipe, n: int = 256, seed: int = 0, judge: AttributeJudge | None = None, **generate) -> dict:
     """Generate from n fresh full prompts (half seen, half held-out compositions) and judge them.
 
-    Returns per-attribute accuracy seen/held-out ("seen_shape", "heldout_color", ...), the
+    Returns per-attribute accuracy seen/held-out ("seen_shape", "heldout_color", ...) with their
+    95 % Wilson intervals ("seen_shape_ci", ...) and counts ("seen_shape_k", ...), the
     rubric's mean rating, CLIP score of generated and of real renders, the judge-feature
     Fréchet distance to real renders of the same prompts, and the real-vs-real floor (two
     renders of the same prompts with different noise), which no generator can beat.
@@ -180,7 +232,7 @@ def evaluate_pipeline(pipe, n: int = 256, seed: int = 0, judge: AttributeJudge |
     images = pipe.generate(prompts, seed=seed, **generate)
     judged = judge.predict(images)
     results: dict = {"n": n}
-    results |= score_prompts(judged, prompts)
+    results |= score_prompts(judged, prompts, intervals=True)
     ratings = np.array(rating_1_to_5(judged, prompts))
     results["seen_rating"], results["heldout_rating"] = float(ratings[:n // 2].mean()), float(ratings[n // 2:].mean())
     results["clip_score"] = clip_score(pipe.clip, images, prompts)

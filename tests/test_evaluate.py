@@ -237,3 +237,47 @@ def test_bench_skips_sections_without_checkpoints(tmp_path):
     for section in results["sections"].values():
         assert section["status"] == "skipped" and "missing checkpoint" in section["note"]
     assert "skipped" in (tmp_path / "results.md").read_text()
+
+
+# ----------------------------------------------------------------------------- intervals
+def test_wilson_interval_golden_numbers():
+    from minidalle.evaluate import wilson_interval
+
+    # Brown, Cai & DasGupta (2001) / R's prop.test(correct=FALSE): 81 of 263 -> (0.2553, 0.3662)
+    lo, hi = wilson_interval(81, 263)
+    assert lo == pytest.approx(0.25528, abs=1e-4) and hi == pytest.approx(0.36622, abs=1e-4)
+    all_lo, all_hi = wilson_interval(64, 64)  # all right is not certainty
+    assert all_hi == 1.0 and all_lo == pytest.approx(0.94337, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo90, hi90 = wilson_interval(81, 263, confidence=0.90)
+    assert lo < lo90 < hi90 < hi  # a lower confidence gives a narrower interval
+    with pytest.raises(ValueError, match="successes <= n"):
+        wilson_interval(5, 4)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():
+    import numpy as np
+
+    from minidalle.evaluate import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    small, large = rng.normal(1.0, 1.0, 50), rng.normal(1.0, 1.0, 2000)
+    lo_s, hi_s = bootstrap_interval(small)
+    lo_l, hi_l = bootstrap_interval(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 4  # width ~ 1/sqrt(n)
+    # close to the normal approximation mean +- 1.96 sd/sqrt(n) for the large sample
+    assert (hi_l - lo_l) == pytest.approx(2 * 1.96 * large.std() / len(large) ** 0.5, rel=0.1)
+    assert bootstrap_interval(small, seed=1) == bootstrap_interval(small, seed=1)
+
+
+def test_score_prompts_reports_wilson_intervals():
+    from minidalle.evaluate import wilson_interval
+
+    pred = Attributes("square", "red", True, "blue", "large", "left")
+    prompts = ["a red striped square", "a small striped square", "a square"]
+    assert not any(k.endswith("_ci") for k in score_prompts([pred] * 3, prompts))  # only when asked for
+    s = score_prompts([pred, pred, pred], prompts, intervals=True)
+    assert s["seen_size_k"] == 1 and s["seen_size"] == 0.0 and s["seen_size_ci"] == wilson_interval(0, 1)
+    assert s["seen_all_k"] == 3 and s["seen_all_ci"] == wilson_interval(2, 3)
+    assert s["heldout_all_k"] == 0 and s["heldout_all_ci"] == (0.0, 1.0)

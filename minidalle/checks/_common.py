@@ -3,18 +3,42 @@ from __future__ import annotations
 
 import functools
 import numbers
+import textwrap
 
 import numpy as np
 import torch
 
 
+LINE_WIDTH = 80  # nbgrader's validate cuts output lines at 87 characters; keep every line of a message shorter
+
+
+def wrap_message(message: str, width: int = LINE_WIDTH) -> str:
+    """A check's message with every line at most `width` characters (continuations indented by 2)."""
+    lines = []
+    for line in message.split("\n"):
+        indent = line[: len(line) - len(line.lstrip())]
+        lines += textwrap.wrap(line, width, subsequent_indent=indent + "  ", break_long_words=False,
+                               break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
 def _isolated(check):
-    """Run a check without touching the caller's random state, so the notebook stays reproducible."""
+    """Run a check without touching the caller's random state, so the notebook stays reproducible.
+
+    Its AssertionError is re-raised with lines of at most 80 characters, so that the hint is
+    never cut off (nbgrader's validate shows only the first 87 characters of a line); the
+    student's own error stays attached as the cause.
+    """
     @functools.wraps(check)
     def run(fn) -> None:
         __tracebackhide__ = True
-        with torch.random.fork_rng(devices=[]):
-            check(fn)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                check(fn)
+            return
+        except AssertionError as error:
+            message, cause = wrap_message(str(error)), error.__cause__
+        raise AssertionError(message) from cause  # outside the except: no "during handling" context
     return run
 
 
