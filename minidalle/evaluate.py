@@ -64,7 +64,7 @@ def format_interval(value: float, interval: tuple[float, float], digits: int = 3
 
 
 # ----------------------------------------------------------------------------- scoring
-def _asked(predicted: Sequence[Attributes], prompts: Sequence[str]) -> list[Attributes]:
+def _asked(predicted: Sequence[Attributes], prompts: Sequence[str], world=None) -> list[Attributes]:
     """Parse prompts (ValueError on a bad one) after checking they pair up with the judged images."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string")
@@ -74,7 +74,7 @@ def _asked(predicted: Sequence[Attributes], prompts: Sequence[str]) -> list[Attr
     for p in predicted:
         if not isinstance(p, Attributes):
             raise TypeError(f"judged images must be Attributes (from AttributeJudge.predict), got {type(p).__name__}")
-    return [parse_prompt(p) for p in prompts]
+    return [parse_prompt(p, world=world) for p in prompts]
 
 
 def _checks(pred: Attributes, asked: Attributes) -> dict[str, bool]:
@@ -85,7 +85,8 @@ def _checks(pred: Attributes, asked: Attributes) -> dict[str, bool]:
     return {name: getattr(pred, name) == getattr(asked, name) for name in SCORED if getattr(asked, name) is not None}
 
 
-def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str], intervals: bool = False) -> dict:
+def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str], intervals: bool = False,
+                  world=None) -> dict:
     """Per-attribute accuracy of judged images against what each prompt specifies.
 
     A prompt is "heldout" when its (shape, color) pair is in HELDOUT, else "seen". Keys:
@@ -93,8 +94,9 @@ def score_prompts(predicted: Sequence[Attributes], prompts: Sequence[str], inter
     "{seen|heldout}_all" (every specified attribute right) and "{seen|heldout}_n" (prompts).
     With intervals, each accuracy key also gets "<key>_ci", its 95 % Wilson interval (lo, hi),
     and "<key>_k", the number of prompts it counts ((0, 1) and 0 when none asked for it).
+    world: a minidalle.concepts.World for prompts with new words (notebook 10).
     """
-    asked = _asked(predicted, prompts)
+    asked = _asked(predicted, prompts, world)
     hits = {(g, a): [] for g in ("seen", "heldout") for a in SCORED + ("all",)}
     counts = {"seen": 0, "heldout": 0}
     for pred, want in zip(predicted, asked):

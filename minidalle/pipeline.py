@@ -32,10 +32,15 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float | torch.Tensor) -> tor
 
 
 class UnCLIP:
-    """The three trained stages chained, with seeds everywhere for reproducibility."""
+    """The three trained stages chained, with seeds everywhere for reproducibility.
 
-    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder):
+    world: the words prompts may use (None: the shapes world; a refined pipeline, notebook 10,
+    carries a minidalle.concepts.World with its new words).
+    """
+
+    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder, world=None):
         self.clip, self.prior, self.decoder = clip.eval(), prior.eval(), decoder.eval()
+        self.world = world
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "UnCLIP":
@@ -47,11 +52,10 @@ class UnCLIP:
                    load_decoder(folder / "decoder", device))
 
     # -------------------------------------------------------------- the stages
-    @staticmethod
-    def _prompts(prompts: str | Sequence[str]) -> list[str]:
+    def _prompts(self, prompts: str | Sequence[str]) -> list[str]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         for p in prompts:
-            parse_prompt(p)  # a bad prompt fails here, with the parser's clear message
+            parse_prompt(p, world=self.world)  # a bad prompt fails here, with the parser's clear message
         return prompts
 
     @torch.no_grad()

@@ -19,11 +19,20 @@ class Tokens(NamedTuple):
 
 
 class WordTokenizer:
-    """One token per word of the world's vocabulary, plus pad/start/end, fixed context length."""
+    """One token per word of the world's vocabulary, plus pad/start/end, fixed context length.
 
-    def __init__(self, context_length: int = 16):
-        self.context_length = context_length
-        self.vocab = (PAD, START, END) + VOCABULARY
+    extra_words: new words (notebook 10) appended after the old ones, so old ids never move.
+    """
+
+    def __init__(self, context_length: int = 16, extra_words: Sequence[str] = ()):
+        extra_words = tuple(extra_words)
+        for word in extra_words:
+            if not isinstance(word, str) or not word.isalpha() or word != word.lower():
+                raise ValueError(f"a new word must be one lower-case word, got {word!r}")
+        if len(set(VOCABULARY + extra_words)) != len(VOCABULARY) + len(extra_words):
+            raise ValueError(f"new words must be new and distinct, got {extra_words}")
+        self.context_length, self.extra_words = context_length, extra_words
+        self.vocab = (PAD, START, END) + VOCABULARY + extra_words
         self.index = {word: i for i, word in enumerate(self.vocab)}
         self.pad_id, self.start_id, self.end_id = 0, 1, 2
 
@@ -35,7 +44,7 @@ class WordTokenizer:
         words = text.lower().split()
         for w in words:
             if w not in self.index:
-                raise ValueError(f"unknown word {w!r}; the tokenizer knows: {', '.join(VOCABULARY)}")
+                raise ValueError(f"unknown word {w!r}; the tokenizer knows: {', '.join(self.vocab[3:])}")
         if len(words) + 2 > self.context_length:
             raise ValueError(f"{text!r} has {len(words)} words; at most {self.context_length - 2} fit")
         return words

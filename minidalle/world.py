@@ -2,7 +2,8 @@
 
 One object per 32x32 image on a dark, slightly noisy background. Everything is generated
 from a seed with numpy, so the same seed always gives the same images and captions.
-Shape legend: N images, C=3 channels, S image side (pixels).
+Shape legend: N images, C=3 channels, S image side (pixels). New shapes and colours (notebook 10)
+come only when asked for: pass `world=minidalle.concepts.World.extended(...)` to the functions.
 """
 from __future__ import annotations
 
@@ -110,11 +111,17 @@ def random_caption_variant(attrs: Attributes, rng: np.random.Generator, p_full: 
     return caption(partial_variant(attrs, rng, p_full))
 
 
-def all_scenes(split: str = "all") -> list[Attributes]:
+def _lexicon(world) -> tuple[tuple, tuple, tuple]:
+    """(shapes, colors, vocabulary) of the default world, or of an extended one (concepts.World)."""
+    return (SHAPES, COLORS, VOCABULARY) if world is None else (world.shapes, world.colors, world.vocabulary)
+
+
+def all_scenes(split: str = "all", world=None) -> list[Attributes]:
     """Every distinct full scene (= every full caption) of the grammar, in a fixed order."""
+    shapes, colors, _ = _lexicon(world)
     scenes = []
-    for shape, color, size, position in itertools.product(SHAPES, COLORS, SIZES, POSITIONS):
-        for color2 in (None,) + tuple(c for c in COLORS if c != color):
+    for shape, color, size, position in itertools.product(shapes, colors, SIZES, POSITIONS):
+        for color2 in (None,) + tuple(c for c in colors if c != color):
             scenes.append(Attributes(shape, color, color2 is not None, color2, size, position))
     return [s for s in scenes if _in_split(s, split)]
 
@@ -126,26 +133,32 @@ def _in_split(attrs: Attributes, split: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- parsing
-def _fail(problem: str) -> None:
+def _fail(problem: str, vocabulary: Sequence[str] = VOCABULARY) -> None:
     raise ValueError(f"{problem}. Prompts look like 'a large red and green striped circle on the left'; "
-                     f"accepted words: {', '.join(VOCABULARY)}")
+                     f"accepted words: {', '.join(vocabulary)}")
 
 
-def parse_prompt(text: str) -> Attributes:
+def parse_prompt(text: str, world=None) -> Attributes:
     """Decompose a caption of the grammar into Attributes (None = left open).
 
     Grammar: [a|an] [size] [colors] shape [on the left|right|top|bottom | in the center],
     colors = `red` | `red striped` | `red and green striped` | `striped`.
-    Raises ValueError naming the offending word and listing the vocabulary.
+    Raises ValueError naming the offending word and listing the vocabulary (of `world`, default:
+    the shapes world; a concepts.World adds its new words).
     """
+    shapes, colors, vocabulary = _lexicon(world)
+
+    def fail(problem: str) -> None:
+        _fail(problem, vocabulary)
+
     if not isinstance(text, str):
         raise TypeError(f"a prompt must be a string, not {type(text).__name__}")
     words = text.lower().split()
     if not words:
-        _fail("the prompt is empty")
+        fail("the prompt is empty")
     for w in words:
-        if w not in VOCABULARY:
-            _fail(f"unknown word {w!r}")
+        if w not in vocabulary:
+            fail(f"unknown word {w!r}")
     i = 0
 
     def peek() -> str | None:
@@ -157,61 +170,63 @@ def parse_prompt(text: str) -> Attributes:
     striped = None
     if peek() in SIZES:
         size, i = words[i], i + 1
-    if peek() in COLORS:
+    if peek() in colors:
         color, striped, i = words[i], False, i + 1
         if peek() == "and":
             i += 1
-            if peek() not in COLORS:
-                _fail(f"expected a stripe color after 'and', got {peek() or 'the end of the prompt'!r}")
+            if peek() not in colors:
+                fail(f"expected a stripe color after 'and', got {peek() or 'the end of the prompt'!r}")
             color2, i = words[i], i + 1
             if color2 == color:
-                _fail(f"the stripe color {color2!r} must differ from the main color")
+                fail(f"the stripe color {color2!r} must differ from the main color")
             if peek() != "striped":
-                _fail(f"expected 'striped' after '{color} and {color2}', got {peek() or 'the end of the prompt'!r}")
+                fail(f"expected 'striped' after '{color} and {color2}', got {peek() or 'the end of the prompt'!r}")
         if peek() == "striped":
             striped, i = True, i + 1
     elif peek() == "striped":
         striped, i = True, i + 1
-    if peek() not in SHAPES:
+    if peek() not in shapes:
         word = peek()
         if word is None:
-            _fail(f"the prompt names no shape (one of {', '.join(SHAPES)})")
-        if word in SIZES or word in COLORS or word == "striped":
-            _fail(f"the word {word!r} is out of order: size, then colors, then the shape")
-        _fail(f"unexpected word {word!r} where the shape ({', '.join(SHAPES)}) should be")
+            fail(f"the prompt names no shape (one of {', '.join(shapes)})")
+        if word in SIZES or word in colors or word == "striped":
+            fail(f"the word {word!r} is out of order: size, then colors, then the shape")
+        fail(f"unexpected word {word!r} where the shape ({', '.join(shapes)}) should be")
     shape, i = words[i], i + 1
     position = None
     if peek() in PLACE_WORDS:
         lead, place = words[i], words[i:i + 3]
         if len(place) < 3 or place[1] != "the" or place[2] not in PLACE_WORDS[lead]:
-            _fail(f"unexpected place {' '.join(place)!r}: say 'on the left|right|top|bottom' or 'in the center'")
+            fail(f"unexpected place {' '.join(place)!r}: say 'on the left|right|top|bottom' or 'in the center'")
         position, i = words[i + 2], i + 3
     if peek() is not None:
         word = peek()
-        if word in SHAPES:
-            _fail(f"a second shape {word!r}: a prompt describes one object ({shape!r})")
-        if word in SIZES or word in COLORS or word == "striped":
-            _fail(f"the word {word!r} is out of order: size and colors go before the shape")
-        _fail(f"unexpected word {word!r} after {' '.join(words[:i])!r}")
+        if word in shapes:
+            fail(f"a second shape {word!r}: a prompt describes one object ({shape!r})")
+        if word in SIZES or word in colors or word == "striped":
+            fail(f"the word {word!r} is out of order: size and colors go before the shape")
+        fail(f"unexpected word {word!r} after {' '.join(words[:i])!r}")
     return Attributes(shape, color, striped, color2, size, position)
 
 
 # ----------------------------------------------------------------------------- sampling
-def sample_scenes(n: int, split: str = "train", rng: np.random.Generator | None = None) -> list[Attributes]:
+def sample_scenes(n: int, split: str = "train", rng: np.random.Generator | None = None,
+                  world=None) -> list[Attributes]:
     """n random full scenes from a split ('train' never holds a HELDOUT pair, 'heldout' only those)."""
+    all_shapes, colors, _ = _lexicon(world)
     rng = np.random.default_rng(0) if rng is None else rng
     _in_split(Attributes("circle"), split)  # validates the split name
-    allowed = {s: [c for c in COLORS if _in_split(Attributes(s, c), split)] for s in SHAPES}
-    shapes = [s for s in SHAPES if allowed[s]]
+    allowed = {s: [c for c in colors if _in_split(Attributes(s, c), split)] for s in all_shapes}
+    shapes = [s for s in all_shapes if allowed[s]]
     shape_idx = rng.integers(len(shapes), size=n)
-    u_color, u_color2 = rng.random(n), rng.integers(len(COLORS) - 1, size=n)
+    u_color, u_color2 = rng.random(n), rng.integers(len(colors) - 1, size=n)
     striped = rng.random(n) < 0.5
     sizes, positions = rng.integers(len(SIZES), size=n), rng.integers(len(POSITIONS), size=n)
     scenes = []
     for k in range(n):
         shape = shapes[shape_idx[k]]
         color = allowed[shape][int(u_color[k] * len(allowed[shape]))]
-        others = [c for c in COLORS if c != color]
+        others = [c for c in colors if c != color]
         color2 = others[u_color2[k]] if striped[k] else None
         scenes.append(Attributes(shape, color, bool(striped[k]), color2, SIZES[sizes[k]], POSITIONS[positions[k]]))
     return scenes
@@ -236,14 +251,20 @@ def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np
     return ((np.abs(dx) <= r) & (np.abs(dy) <= arm)) | ((np.abs(dy) <= r) & (np.abs(dx) <= arm))
 
 
-def render(attrs_list: Sequence[Attributes], seed: int = 0, image_size: int = 32) -> torch.Tensor:
+def render(attrs_list: Sequence[Attributes], seed: int = 0, image_size: int = 32, world=None) -> torch.Tensor:
     """Draw full scenes: returns (N, 3, S, S) float32 in [0, 1], jittered and noisy per seed."""
     attrs_list = list(attrs_list)
+    shapes, colors, _ = _lexicon(world)
+    rgb, shape_mask = (RGB, _shape_mask) if world is None else (world.rgb, world.shape_mask)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
     for a in attrs_list:
         if not isinstance(a, Attributes) or not a.is_full:
             raise ValueError(f"render needs full scenes (every attribute set), got {a!r}")
+        for word, known in ((a.shape, shapes), (a.color, colors), (a.color2 or a.color, colors)):
+            if word not in known:
+                raise ValueError(f"this world cannot draw {word!r} (it knows {', '.join(known)}); new concepts "
+                                 f"need world=minidalle.concepts.World.extended(...)")
     n, S = len(attrs_list), image_size
     rng = np.random.default_rng(seed)
     scale = S / 32.0
@@ -252,8 +273,8 @@ def render(attrs_list: Sequence[Attributes], seed: int = 0, image_size: int = 32
     radius = np.array([_RADIUS[a.size] for a in attrs_list], dtype=np.float32)
     radius = (radius * rng.uniform(0.92, 1.08, size=n) * scale)[:, None, None]  # (N, 1, 1)
     period = np.array([_STRIPE_PERIOD[a.size] for a in attrs_list], dtype=np.float32)[:, None, None] * scale
-    color1 = np.array([RGB[a.color] for a in attrs_list], dtype=np.float32).reshape(n, 3)
-    color2 = np.array([RGB[a.color2 or a.color] for a in attrs_list], dtype=np.float32).reshape(n, 3)
+    color1 = np.array([rgb[a.color] for a in attrs_list], dtype=np.float32).reshape(n, 3)
+    color2 = np.array([rgb[a.color2 or a.color] for a in attrs_list], dtype=np.float32).reshape(n, 3)
     color1 = np.clip(color1 + rng.uniform(-0.05, 0.05, size=(n, 3)), 0, 1)
     color2 = np.clip(color2 + rng.uniform(-0.05, 0.05, size=(n, 3)), 0, 1)
 
@@ -261,11 +282,11 @@ def render(attrs_list: Sequence[Attributes], seed: int = 0, image_size: int = 32
     dx = coords[None, None, :] - centers[:, 0, None, None]  # (N, 1, S) horizontal offset
     dy = coords[None, :, None] - centers[:, 1, None, None]  # (N, S, 1) vertical offset
     mask = np.zeros((n, S, S), dtype=bool)
-    shapes = np.array([a.shape for a in attrs_list], dtype=object)
-    for shape in SHAPES:  # a loop over the 4 shapes, vectorized over images and pixels
-        idx = np.nonzero(shapes == shape)[0]
+    drawn = np.array([a.shape for a in attrs_list], dtype=object)
+    for shape in shapes:  # a loop over the shapes, vectorized over images and pixels
+        idx = np.nonzero(drawn == shape)[0]
         if len(idx):
-            mask[idx] = _shape_mask(shape, dx[idx], dy[idx], radius[idx])
+            mask[idx] = shape_mask(shape, dx[idx], dy[idx], radius[idx])
     # Horizontal bands from the top of the shape: the first 2/3 of each period is color 1.
     band = np.mod(dy + radius, period) >= (2.0 / 3.0) * period  # (N, S, 1) True on thin stripe
     striped = np.array([bool(a.striped) for a in attrs_list], dtype=bool)[:, None, None]
@@ -285,14 +306,16 @@ class Samples(NamedTuple):
 
 
 def make_dataset(n: int, split: str = "train", seed: int = 0, partial: bool = False,
-                 image_size: int = 32) -> Samples:
-    """n rendered scenes of a split with their captions (full ones, or random partial ones)."""
+                 image_size: int = 32, world=None) -> Samples:
+    """n rendered scenes of a split with their captions (full ones, or random partial ones).
+
+    world: None for the shapes world, or a minidalle.concepts.World with new shapes and colours."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     rng = np.random.default_rng(seed)
-    scenes = sample_scenes(n, split, rng)
+    scenes = sample_scenes(n, split, rng, world)
     captions = [random_caption_variant(a, rng) if partial else caption(a) for a in scenes]
-    images = render(scenes, seed=int(rng.integers(2**31)), image_size=image_size)
+    images = render(scenes, seed=int(rng.integers(2**31)), image_size=image_size, world=world)
     return Samples(images, captions, scenes)
 
 
