@@ -184,8 +184,18 @@ def bench_judge(folder: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_refinement(folder: Path, quick: bool) -> list[dict]:
+    spec = importlib.util.spec_from_file_location("refinement_bench", HERE / "refinement.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    note = module.missing(folder)
+    if note:
+        raise MissingCheckpoint(note)
+    return [figure(**row) for row in module.bench(folder, quick)]
+
+
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge}
+            "pipeline": bench_pipeline, "judge": bench_judge, "refinement": bench_refinement}
 
 
 # ----------------------------------------------------------------------------- report

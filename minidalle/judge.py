@@ -134,6 +134,7 @@ def judge_accuracy(judge: AttributeJudge, n: int = 2048, seed: int = 1_000_000_0
 
 
 JUDGE_TRAIN = TrainConfig(steps=400, batch_size=128, lr=5e-3, warmup=30, eval_every=400, save_every=400)
+JUDGE_EXTENDED_TRAIN = TrainConfig(steps=600, batch_size=128, lr=5e-3, warmup=30, eval_every=600, save_every=600)
 
 
 def train_judge(config: JudgeConfig = JudgeConfig(), train: TrainConfig = JUDGE_TRAIN, out=None,

@@ -131,9 +131,10 @@ REPLAY = 2048
 
 
 @torch.no_grad()
-def refine_data(clip: CLIP, recipe: Recipe, replay_size: int = REPLAY) -> RefineData:
-    """The recipe's examples and a replay bank, with their (frozen) CLIP image embeddings."""
-    pool = recipe.world.concept_dataset(max(POOL, recipe.examples), seed=recipe.seed + 2_000_003)
+def refine_data(clip: CLIP, recipe: Recipe, replay_size: int = REPLAY, pool: int = POOL) -> RefineData:
+    """The recipe's examples (the first N of a pool) and a replay bank, with their frozen CLIP image
+    embeddings."""
+    pool = recipe.world.concept_dataset(max(pool, recipe.examples), seed=recipe.seed + 2_000_003)
     n = recipe.examples
     examples = Samples(pool.images[:n], pool.captions[:n], pool.attributes[:n])
     replay = make_dataset(replay_size, "train", seed=recipe.seed + 3_000_017, partial=True)
@@ -261,7 +262,7 @@ def refine(pipe, recipe: Recipe, data: RefineData | None = None, cache: dict | N
     data = refine_data(pipe.clip, recipe) if data is None else data
     info = {"cpu_seconds": {}, "losses": {}, "trainable_parameters": count_parameters_of(pipe), "base": base}
     for stage in recipe.stages:
-        key = _stage_key(recipe, stage)
+        key = _stage_key(recipe, stage) + (("replay_size", len(data.replay.captions)),)
         if cache is not None and key in cache:
             tensors, info["cpu_seconds"][stage], info["losses"][stage] = cache[key]
             _load(pipe, tensors)

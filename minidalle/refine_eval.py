@@ -18,7 +18,7 @@ import torch
 
 from minidalle.concepts import World
 from minidalle.evaluate import _checks, evaluation_prompts, score_prompts, wilson_interval
-from minidalle.refine import Recipe, prepare, refine, refine_data, save_refinement
+from minidalle.refine import REPLAY, Recipe, prepare, refine, refine_data, save_refinement
 from minidalle.world import Attributes, caption
 
 CONCEPT_SEED = 4_000_000_007  # far from every training seed
@@ -92,20 +92,21 @@ def adapter_bytes(pipe, recipe: Recipe) -> int:
 
 
 def run_grid(recipes: Sequence[Recipe], judge, base=None, n_new: int = 96, n_old: int = 128, steps: int | None = None,
-             seed: int = 0, progress: bool = True) -> list[dict]:
+             seed: int = 0, progress: bool = True, cache: dict | None = None, replay_size: int = REPLAY) -> list[dict]:
     """Refine the pipeline at `base` (default: shipped) with each recipe and measure it.
 
     The first row is "before": the pipeline with the grown vocabulary and nothing trained (its
     old prompts draw exactly what the shipped pipeline draws). Stages that recipes share train once
-    (refine's cache). Each row: "label", "recipe" (dict), "trainable_parameters", "cpu_seconds"
-    (training, summed over stages), "adapter_bytes", and evaluate_refinement's keys.
+    (refine's cache; pass one to reuse stages trained before). Each row: "label", "recipe" (dict),
+    "trainable_parameters", "cpu_seconds" (training, summed over stages, shared stages counted in
+    every recipe that uses them), "adapter_bytes", and evaluate_refinement's keys.
     """
     from minidalle.pipeline import UnCLIP
 
     if len({r.words for r in recipes}) != 1:
         raise ValueError("every recipe of a grid must teach the same words")
     world = recipes[0].world
-    rows, cache = [], {}
+    rows, cache = [], {} if cache is None else cache
     before = prepare(UnCLIP.from_pretrained(base), dataclasses.replace(recipes[0], stages=("text",)))
     for module in (before.clip, before.prior, before.decoder):
         module.eval()
@@ -118,7 +119,7 @@ def run_grid(recipes: Sequence[Recipe], judge, base=None, n_new: int = 96, n_old
         key = (recipe.words, recipe.seed)
         if key not in data_cache:  # one pool of examples and one replay bank for the whole grid
             data_cache[key] = refine_data(pipe.clip, dataclasses.replace(recipe, examples=max(
-                r.examples for r in recipes)))
+                r.examples for r in recipes)), replay_size=replay_size)
         data = _first(data_cache[key], recipe.examples)
         info = refine(pipe, recipe, data=data, cache=cache, progress=progress)
         rows.append({"label": recipe.describe(), "recipe": dataclasses.asdict(recipe),

@@ -155,3 +155,144 @@ def test_other_row_inits(tiny_clip, init):
         torch.testing.assert_close(rows[0], rows[1])
     else:
         assert 0.5 < rows.std() / old_rows[3:].std() < 2 and not torch.allclose(rows[0], rows[1])
+
+
+# ----------------------------------------------------------------------------- refinement
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A folder of tiny, untrained clip/prior/decoder checkpoints (a stand-in for data/checkpoints)."""
+    from minidalle.clip import CLIP, CLIPConfig, save_clip
+    from minidalle.decoder import Decoder, DecoderConfig, save_decoder
+    from minidalle.prior import DiffusionPrior, PriorConfig, save_prior
+    folder = tmp_path_factory.mktemp("base")
+    torch.manual_seed(0)
+    save_clip(CLIP(CLIPConfig.tiny()), folder / "clip")
+    save_prior(DiffusionPrior(PriorConfig.tiny()), folder / "prior")
+    save_decoder(Decoder(DecoderConfig.tiny()), folder / "decoder")
+    return folder
+
+
+def _refined(folder, recipe):
+    from minidalle.pipeline import UnCLIP
+    from minidalle.refine import refine, refine_data
+    pipe = UnCLIP.from_pretrained(folder)
+    data = refine_data(pipe.clip, recipe, replay_size=16, pool=16)
+    return pipe, refine(pipe, recipe, data=data, progress=False)
+
+
+def test_prepared_pipeline_trains_only_adapters_and_rows_and_draws_old_prompts_as_before(tiny_base):
+    from minidalle.pipeline import UnCLIP
+    from minidalle.refine import Recipe, prepare, trainable_state
+    prompts = ["a small red circle on the left", "a blue striped square"]
+    base = UnCLIP.from_pretrained(tiny_base)
+    expected = base.generate(prompts, seed=0, steps=2)
+    pipe = prepare(UnCLIP.from_pretrained(tiny_base), Recipe.tiny())
+    torch.testing.assert_close(pipe.generate(prompts, seed=0, steps=2), expected, rtol=0, atol=0)
+    names = set(trainable_state(pipe))
+    assert "clip.text.token_embedding.new_rows" in names
+    assert all(n.endswith(("lora_A", "lora_B", "new_rows")) for n in names)
+    assert not any(n.startswith("clip.visual") for n in names)  # the image side never changes
+    assert {n.split(".")[0] for n in names} == {"clip", "prior", "decoder"}
+    full = prepare(UnCLIP.from_pretrained(tiny_base), Recipe(**{**Recipe.tiny().__dict__, "rank": 0,
+                                                              "stages": ("text", "prior")}))
+    full_names = set(trainable_state(full))
+    assert "clip.text.token_embedding.weight" in full_names and "prior.out.weight" in full_names
+    assert not any(n.startswith(("decoder.", "clip.visual", "clip.logit_scale")) for n in full_names)
+
+
+def test_refinement_saves_only_what_changed_and_loads_back_exactly(tiny_base, tmp_path):
+    from safetensors.torch import load_file
+
+    from minidalle.refine import Recipe, load_refinement, save_refinement, trainable_state
+    recipe = Recipe.tiny()
+    pipe, info = _refined(tiny_base, recipe)
+    assert set(info["cpu_seconds"]) == {"text", "prior", "decoder"} and info["trainable_parameters"] > 0
+    weights = save_refinement(pipe, recipe, tmp_path / "refinement", metrics={"base": info["base"]})
+    assert set(load_file(str(weights))) == set(trainable_state(pipe))
+    with pytest.raises(FileExistsError):
+        save_refinement(pipe, recipe, tmp_path / "refinement")
+    loaded = load_refinement(tmp_path / "refinement", base=tiny_base)
+    prompts = ["a small pink striped star on the left", "a red circle"]
+    torch.testing.assert_close(loaded.generate(prompts, seed=1, steps=2), pipe.generate(prompts, seed=1, steps=2))
+    assert loaded.recipe == recipe
+    with pytest.raises(ValueError, match="unknown word 'ring'"):
+        loaded.generate(["a ring"], steps=2)
+
+
+def test_a_refinement_refuses_other_base_checkpoints_and_corrupt_files(tiny_base, tmp_path):
+    import shutil
+
+    from minidalle.decoder import Decoder, DecoderConfig, save_decoder
+    from minidalle.refine import Recipe, load_refinement, save_refinement
+    pipe, info = _refined(tiny_base, Recipe.tiny())
+    save_refinement(pipe, Recipe.tiny(), tmp_path / "r", metrics={"base": info["base"]})
+    other = tmp_path / "other"
+    shutil.copytree(tiny_base, other)
+    torch.manual_seed(99)
+    save_decoder(Decoder(DecoderConfig.tiny()), other / "decoder")  # same shapes, other weights
+    with pytest.raises(CheckpointError, match="another decoder checkpoint"):
+        load_refinement(tmp_path / "r", base=other)
+    (tmp_path / "r.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_refinement(tmp_path / "r", base=tiny_base)
+
+
+@pytest.mark.parametrize("changes, needle", [
+    ({"words": ("teal",)}, "available"),
+    ({"stages": ("prior",)}, "text"),
+    ({"stages": ("decoder", "text")}, "pipeline order"),
+    ({"rank": -1}, "rank"),
+    ({"init": "zeros"}, "init"),
+    ({"examples": 0}, "examples"),
+])
+def test_recipe_rejects_bad_settings(changes, needle):
+    from minidalle.refine import Recipe
+    with pytest.raises(ValueError, match=needle):
+        Recipe(**{**Recipe.tiny().__dict__, **changes})
+
+
+def test_score_concept_counts_new_words_and_compositions():
+    from minidalle.refine_eval import concept_prompts, score_concept
+    prompts, asked = concept_prompts(STAR_PINK, 6)
+    assert all(STAR_PINK.is_new(a) for a in asked) and prompts == [caption(a) for a in asked]
+    asked = [Attributes("star", "red", False, None, "small", "left"), Attributes("circle", "pink", False, None, "large", "top"),
+             Attributes("star", "pink", True, "blue", "small", "center")]
+    judged = [asked[0], Attributes("circle", "purple", False, None, "large", "top"),
+              Attributes("star", "pink", True, "green", "small", "center")]
+    s = score_concept(judged, asked, STAR_PINK)
+    assert s["new_n"] == 3 and s["new_concept"] == pytest.approx(2 / 3) and s["new_all"] == pytest.approx(1 / 3)
+    assert s["new_star"] == 1.0 and s["new_pink"] == 0.5 and s["new_pink_k"] == 2
+    assert s["new_color2"] == 0.0 and s["new_color2_k"] == 1
+    lo, hi = s["new_concept_ci"]
+    assert lo < 2 / 3 < hi
+    with pytest.raises(ValueError, match="names no new word"):
+        score_concept([judged[0]], [Attributes("circle", "red", False, None, "small", "left")], STAR_PINK)
+
+
+def test_extended_judge_config_and_the_shipped_judge():
+    from minidalle.judge import AttributeJudge, ExtendedJudgeConfig, JudgeConfig, load_judge, train_judge
+    config = ExtendedJudgeConfig(width=8, hidden=16, shapes=STAR_PINK.shapes, colors=STAR_PINK.colors)
+    judge = AttributeJudge(config)
+    assert judge.heads["shape"].out_features == 5 and judge.heads["color2"].out_features == 9
+    assert AttributeJudge(JudgeConfig.tiny()).heads["shape"].out_features == 4
+    with pytest.raises(ValueError, match="must be the world's"):
+        train_judge(JudgeConfig.tiny(), world=STAR_PINK)
+    with pytest.raises(CheckpointError, match="lacks fields"):
+        load_judge("judge", extended=True)  # the shipped judge knows the old world only
+    assert load_judge().values["shape"] == world.SHAPES
+
+
+def test_cli_finetune_refuses_to_overwrite_then_teaches_and_generates(tiny_base, tmp_path, capsys):
+    from minidalle.__main__ import main
+    (tmp_path / "taken.json").write_text("{}")
+    assert main(["finetune", "--concept", "star", "-o", str(tmp_path / "taken")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    out = tmp_path / "star_pink"
+    assert main(["finetune", "--concept", "star", "pink", "--examples", "4", "--steps", "1", "--checkpoints",
+                 str(tiny_base), "-o", str(out), "--threads", "1"]) == 0
+    assert "--refinement" in capsys.readouterr().out and out.with_suffix(".safetensors").exists()
+    png = tmp_path / "star.png"
+    assert main(["generate", "a small pink striped star on the left", "--refinement", str(out), "--checkpoints",
+                 str(tiny_base), "-o", str(png), "--steps", "2"]) == 0 and png.exists()
+    assert main(["generate", "a pink star", "--checkpoints", str(tiny_base), "-o", str(tmp_path / "no.png")]) == 2
+    assert "unknown word 'pink'" in capsys.readouterr().err  # without the refinement: unknown words
