@@ -76,3 +76,31 @@ def test_validate_shows_every_line_of_a_check_message_whole():
     validator = Validator()
     assert "the wrong way round" in " ".join(shown.split()) and "lower triangle" in " ".join(shown.split())
     assert validator._indent(shown) == "\n".join(validator.indent + line for line in shown.split("\n"))
+
+
+# ----------------------------------------------------------------------------- JupyterLab for a class
+def test_make_lab_settings_are_valid_jupyterlab_settings():
+    """jupyter-config/ (passed by `make lab`): no news pop-up, Markdown rendered; valid for this JupyterLab."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import jsonschema
+
+    overrides = json.loads((ROOT / "jupyter-config" / "labconfig" / "default_setting_overrides.json").read_text())
+    schemas = Path(sys.prefix) / "share" / "jupyter" / "lab" / "schemas"
+    for plugin, values in overrides.items():
+        package, name = plugin.split(":")
+        properties = json.loads((schemas / package / f"{name}.json").read_text())["properties"]
+        for key, value in values.items():
+            jsonschema.validate(value, properties[key])
+    assert overrides["@jupyterlab/apputils-extension:notification"]["fetchNews"] == "false"
+    recipe = (ROOT / "Makefile").read_text().split("\nlab:")[1].split("\n\n")[0]
+    assert 'JUPYTER_CONFIG_PATH="$(CURDIR)/jupyter-config"' in recipe and "notebooks/README.md" in recipe
+
+
+def test_the_course_index_links_every_notebook():
+    index = (ROOT / "notebooks" / "README.md").read_text(encoding="utf-8")
+    linked = re.findall(r"\]\((\d\d_\w+\.ipynb)\)", index)
+    on_disk = sorted(p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(set(linked)) == on_disk, "notebooks/README.md: one row per notebook, linking an existing file"
