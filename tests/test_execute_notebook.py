@@ -62,7 +62,8 @@ def test_a_real_tqdm_bar_saved_by_nbclient_reads_100_percent():
     from nbclient import NotebookClient
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor i in tqdm(range(3), desc='count'):\n    pass")]
+    source = "from tqdm.auto import tqdm\nfor i in tqdm(range(3), desc='count'):\n    pass"
+    nb.cells = [nbformat.v4.new_code_cell(source)]
     NotebookClient(nb, timeout=120, kernel_name="python3", store_widget_state=True).execute()
     [output] = [o for o in nb.cells[0].outputs if VIEW in o.get("data", {})]
     assert output.data["text/plain"].startswith("count:   0%")  # what GitHub would show without the tool
@@ -99,7 +100,8 @@ def test_the_command_line(tmp_path, capsys):
     assert execute_notebook.main(["--check", str(path)]) == 1
     assert execute_notebook.main(["--tidy-only", str(path)]) == 0
     assert execute_notebook.main(["--check", str(path)]) == 0
-    assert nbformat.read(path, as_version=4).cells[0].outputs[0].data["text/plain"] == "100%|██████████| 2/2"
+    [output] = nbformat.read(path, as_version=4).cells[0].outputs
+    assert output.data["text/plain"] == "100%|██████████| 2/2"
     with pytest.raises(SystemExit, match="no notebook"):
         execute_notebook.main(["--tidy-only", "99"])
     capsys.readouterr()

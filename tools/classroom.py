@@ -61,13 +61,11 @@ def notebooks_with_exercises(notebooks: Path = ROOT / "notebooks", only=()) -> l
     return found
 
 
-def kernel_spec(folder: Path, fast: bool = True) -> Path:
-    """A `python3` kernel spec under folder/kernels: this Python, this checkout's minidalle."""
+def kernel_spec(folder: Path) -> Path:
+    """A `python3` kernel spec under folder/kernels: this Python, this checkout's minidalle, fast mode."""
     spec = folder / "kernels" / "python3"
     spec.mkdir(parents=True, exist_ok=True)
-    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    if fast:
-        env["MINIDALLE_FAST"] = "1"
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MINIDALLE_FAST": "1"}
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (minidalle)", "language": "python", "env": env}, indent=1))
@@ -76,12 +74,15 @@ def kernel_spec(folder: Path, fast: bool = True) -> Path:
 
 def environment(course: Path) -> dict[str, str]:
     """Variables nbgrader needs: the course's kernel spec first, and `alembic` on PATH (gradebook)."""
-    return {"JUPYTER_PATH": os.pathsep.join([str(course / "jupyter"), os.environ.get("JUPYTER_PATH", "")]).rstrip(os.pathsep),
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    def first(path, variable):
+        return os.pathsep.join(filter(None, [str(path), os.environ.get(variable)]))
+    return {"JUPYTER_PATH": first(course / "jupyter", "JUPYTER_PATH"),
+            "PATH": first(Path(sys.executable).parent, "PATH")}
 
 
 @contextmanager
 def environ(values: dict[str, str]):
+    """Set environment variables for the duration of a with block."""
     before = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -217,9 +218,9 @@ def main(argv=None) -> int:
             for notebook in notebooks:
                 rows.append(grade_round(api, notebook))
                 print(table(rows[-1:]).split("\n")[1], flush=True)
+        found = problems(rows)  # while the course (and its feedback) still exists
     print()
     print(table(rows))
-    found = problems(rows)
     for problem in found:
         print("FAIL:", problem, file=sys.stderr)
     verdict = "FAILED" if found else "instructor versions full marks, student versions 0"
