@@ -99,7 +99,7 @@ class CLIP(nn.Module):
         if not torch.is_tensor(images) or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise ValueError(f"expected images of shape (N, 3, {size}, {size}) in [0, 1], got {shape}")
-        images = images.to(self.device, torch.float32)
+        images = images.to(self.device, self.logit_scale.dtype)  # float32, or float64 for exact comparisons
         features = self.visual(images)
         features = features[1] if isinstance(features, tuple) else features  # ViT: pooled class token
         return F.normalize(self.image_projection(features), dim=-1)

@@ -178,23 +178,39 @@ def clip_metrics(model, n: int = 1024, split: str = "heldout", seed: int = 12345
     return metrics
 
 
+def clip_batch(step: int, config: TrainConfig = CLIP_TRAIN, partial: bool = True):
+    """The batch `train_clip` trains on at `step` (fresh renders of the train split, seeded by step)."""
+    from minidalle.world import make_dataset
+
+    return make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step, partial=partial)
+
+
 def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, resume: bool = False,
                force: bool = False, progress: bool = True, eval_size: int = 512,
-               device: str | torch.device = "cpu"):
+               device: str | torch.device | None = None, model=None, partial: bool = True):
     """Train CLIP on fresh batches of the train split (full and partial captions).
 
     out: checkpoint path (e.g. minidalle.CHECKPOINT_DIR / "clip"), None to keep it in memory.
-    device: where to train ("cuda" on a GPU); the prior and decoder train where their CLIP is.
+    device: where to train ("cuda" on a GPU; default "cpu"); the prior and decoder train where their CLIP is.
+    model: a CLIP to train in place (instead of a new one from model_config), e.g. one whose
+    temperature is frozen with `model.logit_scale.requires_grad_(False)`: frozen parameters stay put.
+    partial: False trains on full captions only (True: random partial captions, as the recipe).
     Returns (model, trainer); trainer.history holds [step, loss] pairs.
     """
     from minidalle.clip import CLIP, CLIPConfig, save_clip
-    from minidalle.world import make_dataset
 
     torch.manual_seed(config.seed)
-    model = CLIP(model_config or CLIPConfig()).to(device)
+    if model is None:
+        model = CLIP(model_config or CLIPConfig()).to(device or "cpu")
+    elif model_config is not None:
+        raise ValueError("give train_clip either model_config (a new CLIP) or model (one to train), not both")
+    elif not isinstance(model, CLIP):
+        raise TypeError(f"model must be a minidalle.clip.CLIP, got {type(model).__name__}")
+    elif device is not None:
+        model = model.to(device)
 
     def loss_fn(model, step):
-        batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step, partial=True)
+        batch = clip_batch(step, config, partial)
         return model(batch.images.to(model.device), batch.captions)
 
     trainer = Trainer(model, loss_fn, config, "clip", save=save_clip, out=out, resume=resume, force=force,
