@@ -72,8 +72,14 @@ def _read_csv(path: Path) -> list[Row]:
         if missing:
             raise DataError(f"{path.name} lacks the column(s) {', '.join(missing)}; its header line reads "
                             f"{','.join(reader.fieldnames or [])!r}, expected at least 'file_name,text'")
-        return [Row(record["file_name"] or "", record["text"] or "", f"{path.name} line {reader.line_num}")
-                for record in reader]
+        rows = []
+        for record in reader:
+            where = f"{path.name} line {reader.line_num}"
+            if None in record:  # DictReader's key for fields beyond the header
+                raise DataError(f"{where}: more fields than the header has; a caption with a comma must be "
+                                f"in double quotes (\"a cat, sitting\")")
+            rows.append(Row(record["file_name"] or "", record["text"] or "", where))
+        return rows
 
 
 def _read_jsonl(path: Path) -> list[Row]:

@@ -1,5 +1,6 @@
 """Image folders: every kind of bad data stops with a message naming the file and the row;
 export -> folder -> train is the same as training on the generated world; the CLI commands."""
+import csv
 import json
 
 import numpy as np
@@ -8,8 +9,10 @@ import torch
 from PIL import Image
 
 from minidalle.__main__ import main
+from minidalle.checkpoints import CheckpointError, config_from_dict, paths
 from minidalle.clip import CLIPConfig, load_clip, zero_shot_classify
 from minidalle.data import DataError, export_world, load_folder
+from minidalle.pipeline import UnCLIP
 from minidalle.sources import clip_config_for
 from minidalle.tokenizer import WordTokenizer
 from minidalle.train import TrainConfig, train_clip
@@ -20,10 +23,10 @@ def write_folder(folder, rows, images=("a.png", "b.png", "c.png"), metadata="met
     """A folder with small RGB PNGs and a metadata file of (file_name, text) rows."""
     folder.mkdir(exist_ok=True)
     for k, name in enumerate(images):
-        Image.fromarray(np.full((12, 20, 3), 40 * k, dtype=np.uint8)).save(folder / name)
+        Image.fromarray(np.full((12, 20, 3), (40 * k) % 256, dtype=np.uint8)).save(folder / name)
     if metadata.endswith(".csv"):
-        lines = ["file_name,text"] + [f"{name},{text}" for name, text in rows]
-        (folder / metadata).write_text("\n".join(lines) + "\n")
+        with open(folder / metadata, "w", newline="") as file:
+            csv.writer(file).writerows([("file_name", "text"), *rows])
     else:
         (folder / metadata).write_text("".join(json.dumps({"file_name": n, "text": t}) + "\n" for n, t in rows))
     return folder
@@ -89,6 +92,14 @@ def test_caption_the_tokenizer_cannot_read_names_line_and_word(tmp_path):
     folder = write_folder(tmp_path / "f", GOOD[:2] + [("c.png", "a pink cross")], metadata="metadata.jsonl")
     with pytest.raises(DataError, match=r"metadata\.jsonl line 3: the caption of 'c\.png': unknown word 'pink'"):
         load_folder(folder, tokenizer=WordTokenizer())
+
+
+def test_a_comma_outside_quotes_is_caught(tmp_path):
+    folder = write_folder(tmp_path / "f", GOOD)
+    (folder / "metadata.csv").write_text('file_name,text\na.png,"a cat, sitting"\nb.png,a dog, sitting\n')
+    with pytest.raises(DataError, match=r"metadata\.csv line 3: more fields than the header has; a caption with "
+                                        r"a comma must be in double quotes"):
+        load_folder(folder)
 
 
 def test_metadata_problems(tmp_path):
@@ -184,3 +195,35 @@ def test_clip_config_for_captions(tmp_path):
     assert bpe.text.vocab_size == 49408 and bpe.vocabulary == () and not bpe.world_tokenizer
     with pytest.raises(ValueError, match="text.vocab_size is 28, but the word tokenizer has"):
         CLIPConfig(vocabulary=("a", "cat"))
+
+
+# ----------------------------------------------------------------------------- your own captions
+def test_the_shipped_clip_keeps_the_worlds_tokenizer():
+    meta = json.loads(paths("clip")[1].read_text())
+    assert "tokenizer" not in meta["config"] and "vocabulary" not in meta["config"]  # saved before these fields
+    clip = load_clip()
+    assert clip.config.world_tokenizer and clip.tokenizer.vocab == WordTokenizer().vocab
+    broken = dict(meta["config"])
+    del broken["embed_dim"]  # only the fields added later may be missing
+    with pytest.raises(CheckpointError, match=r"lacks fields \['embed_dim'\]"):
+        config_from_dict(CLIPConfig, broken)
+
+
+@pytest.mark.parametrize("tokenizer", ["word", "bpe"])
+def test_free_text_folder_end_to_end(tmp_path, tokenizer):
+    """Captions outside the shapes world: train all three stages briefly, then generate from a new prompt."""
+    words = ["cat", "dog", "bird", "fish"]
+    rows = [(f"{k}.png", f"A photo of a {words[k % 4]}, number {k}.") for k in range(16)]
+    write_folder(tmp_path / "f", rows, images=[name for name, _ in rows])
+    out = tmp_path / "ck"
+    assert main(["train", "all", "--data", str(tmp_path / "f"), "--preset", "tiny", "--steps", "2",
+                 "--batch-size", "8", "--tokenizer", tokenizer, "--checkpoints", str(out)]) == 0
+    pipe = UnCLIP.from_pretrained(out)
+    assert pipe.clip.config.tokenizer == tokenizer and not pipe.clip.config.world_tokenizer
+    assert pipe.generate("a photo of a dog.", steps=2).shape == (1, 3, 32, 32)
+    if tokenizer == "word":  # its vocabulary is the captions' words: say which word is new
+        assert "cat" in pipe.clip.config.vocabulary
+        with pytest.raises(ValueError, match="unknown word 'horse'; the tokenizer knows: a, "):
+            pipe.generate("a photo of a horse", steps=2)
+    else:
+        assert pipe.generate("a photo of a horse", steps=2).shape == (1, 3, 32, 32)  # BPE reads any text
