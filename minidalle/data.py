@@ -112,7 +112,6 @@ def check_rows(rows: Sequence[Row], folder: str | os.PathLike, tokenizer=None) -
     tokenizer: when given, every caption must encode with it (known words, fits the context).
     """
     folder, problems, first = Path(folder), [], {}
-    root = folder.resolve()
     for row in rows:
         name = row.file_name.strip()
         if not name:
@@ -121,10 +120,10 @@ def check_rows(rows: Sequence[Row], folder: str | os.PathLike, tokenizer=None) -
         if name in first:
             problems.append(f"{row.where}: {name!r} is listed twice (first on {first[name]})")
         first.setdefault(name, row.where)
-        path = (folder / name).resolve()
-        if not path.is_relative_to(root):
+        relative = Path(os.path.normpath(name))  # by name, not resolved: a symlinked image is fine
+        if relative.is_absolute() or relative.parts[0] == "..":
             problems.append(f"{row.where}: {name!r} is outside the folder")
-        elif not path.is_file():
+        elif not (folder / relative).is_file():
             problems.append(f"{row.where}: image {name!r} not found in {folder}")
         if not row.text.strip():
             problems.append(f"{row.where}: the caption of {name!r} is empty")

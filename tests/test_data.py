@@ -113,9 +113,13 @@ def test_metadata_problems(tmp_path):
     (folder / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a red circle"}\n{"file_name": "b.png"\n')
     with pytest.raises(DataError, match=r"metadata\.jsonl line 2: not a JSON object"):
         load_folder(folder)
-    folder = write_folder(tmp_path / "out", [("../a.png", "a red circle")])
-    with pytest.raises(DataError, match=r"line 2: '\.\./a\.png' is outside the folder"):
+    folder = write_folder(tmp_path / "out", [("../a.png", "a red circle"), ("/etc/passwd", "a red circle")])
+    with pytest.raises(DataError, match=r"line 2: '\.\./a\.png' is outside the folder\n.*line 3: '/etc/passwd' is "
+                                        r"outside the folder"):
         load_folder(folder)
+    folder = write_folder(tmp_path / "link", [("a.png", "a red circle"), ("linked.png", "a red square")])
+    (folder / "linked.png").symlink_to(tmp_path / "out" / "a.png")  # a link out of the folder is fine
+    assert len(load_folder(folder)) == 2
     write_folder(tmp_path / "both", GOOD)
     write_folder(tmp_path / "both", GOOD, metadata="metadata.jsonl")
     with pytest.raises(DataError, match="both metadata.csv and metadata.jsonl"):

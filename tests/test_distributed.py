@@ -121,3 +121,12 @@ def test_from_pretrained_auto_on_this_machine():
     if expected.type == "cpu":  # the same images as an explicit device="cpu"
         cpu = UnCLIP.from_pretrained(device="cpu")
         torch.testing.assert_close(pipe.generate("a red circle", steps=3), cpu.generate("a red circle", steps=3))
+
+
+def test_cli_device_auto(tmp_path, capsys):
+    out = tmp_path / "auto.png"
+    assert main(["generate", "a red circle", "-o", str(out), "--steps", "2", "--device", "auto"]) == 0
+    assert out.exists() and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["generate", "a red circle", "-o", str(out), "--device", "tpu9"])
+    assert "--device tpu9 is not usable here" in capsys.readouterr().err
