@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minidalle import CHECKPOINT_DIR
+from minidalle import CHECKPOINT_DIR, DATA_DIR
 
 
 def _generate(args) -> int:
@@ -163,11 +163,16 @@ def main(argv=None) -> int:
     x.set_defaults(run=_export_world)
 
     for p in (g, t, e):
-        p.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder (default: shipped)")
+        p.add_argument("--checkpoints", default=None, help="checkpoint folder (default: the shipped ones; for "
+                       "train --data DIR: data/runs/<DIR's name>)")
         p.add_argument("--device", default="cpu",
                        help="torch device: cpu (default), cuda, mps or auto (CUDA, then MPS, then CPU); "
                             "the same seed gives different images on each")
     args = parser.parse_args(argv)
+    if getattr(args, "data", None) and args.checkpoints is None:  # never the shipped world's checkpoints
+        args.checkpoints = str(DATA_DIR / "runs" / Path(args.data).resolve().name)
+    elif hasattr(args, "checkpoints") and args.checkpoints is None:
+        args.checkpoints = str(CHECKPOINT_DIR)
     if getattr(args, "device", "cpu") != "cpu":
         import torch
 

@@ -140,6 +140,15 @@ def test_cli_reports_bad_data_without_a_traceback(tmp_path, capsys):
     assert not (tmp_path / "ck").exists()
 
 
+def test_training_on_a_folder_never_targets_the_shipped_checkpoints(tmp_path, monkeypatch, capsys):
+    import minidalle.__main__ as cli
+
+    monkeypatch.setattr(cli, "DATA_DIR", tmp_path / "data")
+    export_world(tmp_path / "shapes", 16)
+    assert main(["train", "clip", "--data", str(tmp_path / "shapes"), "--preset", "tiny", "--steps", "1"]) == 0
+    assert f"wrote {tmp_path / 'data' / 'runs' / 'shapes' / 'clip'}.safetensors" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------- the round trip
 def test_export_holds_the_worlds_batches(tmp_path):
     """Chunk k of an export is the batch train_clip renders at step k (PNG: within half a level)."""
