@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default=str(HERE), help="folder for folder_roundtrip.json and .md")
     parser.add_argument("--folder", default=None, help="where to export (default: a temporary folder)")
+    parser.add_argument("--note", default="", help="a line for the report, e.g. how busy the machine was")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                                       save_every=args.clip_steps)
     prior_recipe = dataclasses.replace(PRIOR_TRAIN, steps=max(1, args.prior_steps), eval_every=10**9,
                                        save_every=10**9)
-    results = {"clip_steps": args.clip_steps, "prior_steps": args.prior_steps, "batch_size": clip_recipe.batch_size,
+    results = {"note": args.note, "clip_steps": args.clip_steps, "prior_steps": args.prior_steps, "batch_size": clip_recipe.batch_size,
                "prior_batch_size": prior_recipe.batch_size,
                "eval": args.eval, "torch_threads": torch.get_num_threads(), "seconds": {}, "figures": {}}
     seconds = results["seconds"]
@@ -122,12 +123,13 @@ def markdown(results: dict) -> str:
              f"steps of {results['prior_batch_size']}; {results['torch_threads']} torch thread(s); {results['eval']} "
              f"fresh held-out renders. Export {s['export']:.0f} s, load {s['load']:.0f} s; "
              + ", ".join(f"{k.replace('_', ' ')} {v:.0f} s" for k, v in s.items() if k.endswith("train")) + ".", "",
-             "Accuracies with 95 % Wilson intervals, cosines with 95 % bootstrap intervals.", "",
-             "| figure | world | folder | intervals overlap |", "|---|---|---|---|"]
+             "Accuracies with 95 % Wilson intervals, cosines with 95 % bootstrap intervals."]
+    if results.get("note"):
+        lines += ["", results["note"]]
+    lines += ["", "| figure | world | folder | intervals overlap |", "|---|---|---|---|"]
     for key, row in results["figures"].items():
-        digits = 4 if "cosine" in key else 3
-        lines.append(f"| {key} | {format_interval(row['world'], row['world_ci'], digits)} | "
-                     f"{format_interval(row['folder'], row['folder_ci'], digits)} | "
+        lines.append(f"| {key} | {format_interval(row['world'], row['world_ci'], 4)} | "
+                     f"{format_interval(row['folder'], row['folder_ci'], 4)} | "
                      f"{'yes' if row['intervals_overlap'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
