@@ -199,14 +199,17 @@ def new_rows(embedding: torch.Tensor, tokenizer: WordTokenizer, world: World, in
 
 def grow_vocabulary(clip: CLIP, world: World, init: str = "category", seed: int = 0) -> CLIP:
     """Give CLIP's tokenizer and text encoder the world's new words, in place; old ids and rows unchanged."""
-    if clip.tokenizer.extra_words:
+    if getattr(clip.tokenizer, "extra_words", ()):
         raise ValueError(f"this CLIP already has new words {clip.tokenizer.extra_words}")
+    if not clip.config.world_tokenizer:
+        raise ValueError("only a CLIP that reads the shapes world's own words can grow its vocabulary")
     if not world.new_words:
         raise ValueError("the world has no new words to add")
-    tokenizer = WordTokenizer(clip.config.text.context_length, world.new_words)
+    tokenizer = WordTokenizer(clip.config.text.context_length, extra_words=world.new_words)
     rows = new_rows(clip.text.token_embedding.weight, tokenizer, world, init, seed)
     clip.text.token_embedding = GrownEmbedding(clip.text.token_embedding, rows)
     clip.tokenizer = tokenizer
     text = dataclasses.replace(clip.config.text, vocab_size=len(tokenizer))
-    clip.text.config, clip.config = text, dataclasses.replace(clip.config, text=text)
+    # the config names every word now (old ones first), so its vocab_size check still holds
+    clip.text.config, clip.config = text, dataclasses.replace(clip.config, text=text, vocabulary=tokenizer.known_words)
     return clip

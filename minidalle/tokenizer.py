@@ -4,6 +4,8 @@ Shape legend: N captions, L context length (tokens).
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import NamedTuple, Sequence
 
 import torch
@@ -11,6 +13,19 @@ import torch
 from minidalle.world import VOCABULARY
 
 PAD, START, END = "<pad>", "<start>", "<end>"
+BPE_VOCAB_SIZE = 49_408  # open_clip's SimpleTokenizer (CLIP's byte-pair encoding)
+WORD = re.compile(r"[\w']+|[^\w\s]")  # a word, or one punctuation mark: "a cat." -> a, cat, .
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-cased words and punctuation marks of a text (the world's captions: its words)."""
+    return WORD.findall(text.lower())
+
+
+def build_vocabulary(captions: Sequence[str]) -> tuple[str, ...]:
+    """Every word of the captions, most frequent first (ties alphabetical): a WordTokenizer vocabulary."""
+    counts = Counter(word for text in captions for word in split_words(text))
+    return tuple(sorted(counts, key=lambda word: (-counts[word], word)))
 
 
 class Tokens(NamedTuple):
@@ -19,21 +34,27 @@ class Tokens(NamedTuple):
 
 
 class WordTokenizer:
-    """One token per word of the world's vocabulary, plus pad/start/end, fixed context length.
+    """One token per word of a vocabulary (default: the world's), plus pad/start/end, fixed context length.
 
+    vocabulary: the words of your own captions (`build_vocabulary`), saved with a CLIP checkpoint.
     extra_words: new words (notebook 10) appended after the old ones, so old ids never move.
     """
 
-    def __init__(self, context_length: int = 16, extra_words: Sequence[str] = ()):
+    def __init__(self, context_length: int = 16, vocabulary: Sequence[str] | None = None,
+                 extra_words: Sequence[str] = ()):
         extra_words = tuple(extra_words)
         for word in extra_words:
             if not isinstance(word, str) or not word.isalpha() or word != word.lower():
                 raise ValueError(f"a new word must be one lower-case word, got {word!r}")
-        if len(set(VOCABULARY + extra_words)) != len(VOCABULARY) + len(extra_words):
+        base = tuple(vocabulary) if vocabulary else VOCABULARY
+        if len(set(base + extra_words)) != len(base) + len(extra_words):
             raise ValueError(f"new words must be new and distinct, got {extra_words}")
         self.context_length, self.extra_words = context_length, extra_words
-        self.vocab = (PAD, START, END) + VOCABULARY + extra_words
+        self.known_words = base + extra_words
+        self.vocab = (PAD, START, END) + self.known_words
         self.index = {word: i for i, word in enumerate(self.vocab)}
+        if len(self.index) != len(self.vocab):
+            raise ValueError("the vocabulary repeats a word (or holds <pad>, <start> or <end>)")
         self.pad_id, self.start_id, self.end_id = 0, 1, 2
 
     def __len__(self) -> int:
@@ -41,10 +62,12 @@ class WordTokenizer:
 
     def words(self, text: str) -> list[str]:
         """Lower-cased words of a caption; ValueError naming an unknown word."""
-        words = text.lower().split()
+        words = split_words(text)
         for w in words:
             if w not in self.index:
-                raise ValueError(f"unknown word {w!r}; the tokenizer knows: {', '.join(self.vocab[3:])}")
+                known = self.known_words[:40] + ((f"... ({len(self.known_words)} words)",)
+                                                 if len(self.known_words) > 40 else ())
+                raise ValueError(f"unknown word {w!r}; the tokenizer knows: {', '.join(known)}")
         if len(words) + 2 > self.context_length:
             raise ValueError(f"{text!r} has {len(words)} words; at most {self.context_length - 2} fit")
         return words
@@ -78,7 +101,12 @@ class BPETokenizer:
 
     def encode(self, texts: str | Sequence[str]) -> Tokens:
         """Token ids (N, L) with CLIP's start/end tokens, and the mask of non-padding tokens."""
-        ids = self.tokenizer([texts] if isinstance(texts, str) else list(texts))
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        for text in texts:  # open_clip would cut a long text silently; say so instead
+            if len(self.tokenizer.encode(text)) + 2 > self.context_length:
+                raise ValueError(f"{text!r} has {len(self.tokenizer.encode(text))} BPE tokens; "
+                                 f"at most {self.context_length - 2} fit")
+        ids = self.tokenizer(texts)
         return Tokens(ids, ids != 0)
 
     def pieces(self, text: str) -> list[str]:

@@ -48,7 +48,7 @@ ESTIMATES = {
     "check_caption_of": "15-20", "check_count_prompts": "10-15",
     "check_attention_weights": "10", "check_causal_mask": "10-15",
     "check_patchify": "20-30", "check_text_encoder_parameters": "15",
-    "check_clip_loss": "15", "check_logit_scale": "10",
+    "check_clip_loss": "15", "check_logit_scale": "10", "check_clip_step": "20-30",
     "check_q_sample": "10-15", "check_ddim_step": "15-20",
     "check_standardize": "10", "check_best_of_n": "10",
     "check_eps_from_x0": "10", "check_guidance": "5-10",
