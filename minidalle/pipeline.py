@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from minidalle import CHECKPOINT_DIR
 from minidalle.clip import CLIP, load_clip
-from minidalle.decoder import Decoder, load_decoder
+from minidalle.decoder import Decoder
+from minidalle.flow_decoder import FlowDecoder, load_any_decoder
 from minidalle.prior import DiffusionPrior, load_prior
 from minidalle.world import parse_prompt
 
@@ -34,17 +35,22 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float | torch.Tensor) -> tor
 class UnCLIP:
     """The three trained stages chained, with seeds everywhere for reproducibility."""
 
-    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder):
+    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder | FlowDecoder):
         self.clip, self.prior, self.decoder = clip.eval(), prior.eval(), decoder.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "UnCLIP":
-        """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints)."""
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                        decoder: str = "decoder") -> "UnCLIP":
+        """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints).
+
+        decoder: the decoder checkpoint's name in the folder, e.g. "flow_decoder" (notebook 11);
+        a diffusion or a flow decoder, whichever its JSON says.
+        """
         folder = Path(path) if path is not None else CHECKPOINT_DIR
         if not folder.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {folder}")
         return cls(load_clip(folder / "clip", device), load_prior(folder / "prior", device),
-                   load_decoder(folder / "decoder", device))
+                   load_any_decoder(folder / decoder, device))
 
     # -------------------------------------------------------------- the stages
     @staticmethod
@@ -73,7 +79,8 @@ class UnCLIP:
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor, seed: int = 0, guidance: float | None = None,
                steps: int | None = None, progress: bool = False) -> torch.Tensor:
-        """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E)."""
+        """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E): by DDIM
+        for a diffusion decoder, by its ODE sampler (config.method) for a flow decoder."""
         return self.decoder.sample(embeddings, seed=seed, guidance=guidance, steps=steps, progress=progress)
 
     # -------------------------------------------------------------- what users call

@@ -288,3 +288,43 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
     trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder, out=out, resume=resume, force=force,
                       progress=progress)
     return trainer.run(), trainer
+
+
+def decoder_loss(clip, config: TrainConfig):
+    """loss_fn(model, step) of train_decoder's data stream, for any model with `loss(images, embeddings,
+    generator)`: the same renders, CLIP embeddings and noise seeds at every step (notebook 11's race)."""
+    from minidalle.world import make_dataset
+
+    def loss_fn(model, step):
+        batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step + 17)
+        with torch.no_grad():
+            embeddings = clip.encode_image(batch.images)
+        generator = torch.Generator(model.device).manual_seed(config.seed * 1_000_003 + step)
+        return model.loss(batch.images, embeddings, generator)
+    return loss_fn
+
+
+def train_flow_decoder(clip, model_config=None, config: TrainConfig | None = None, out=None, resume: bool = False,
+                       force: bool = False, progress: bool = True, evaluate: Callable | None = None,
+                       metrics: dict | None = None):
+    """Train the flow decoder (notebook 11) on the decoder's data stream with the decoder's recipe.
+
+    model_config: a FlowDecoderConfig (default: the shipped decoder's U-Net, FlowDecoderConfig.like);
+    config: default DECODER_TRAIN, read when called; evaluate(model) -> dict every config.eval_every
+    steps; metrics: saved with the checkpoint (e.g. how the step budget was set).
+    """
+    from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
+    from minidalle.decoder import DecoderConfig
+    from minidalle.unet import UNetConfig
+
+    config = config or DECODER_TRAIN
+    torch.manual_seed(config.seed)
+    clip = clip.eval().requires_grad_(False)
+    model_config = model_config or FlowDecoderConfig.like(DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim)))
+    model = FlowDecoder(model_config).to(clip.device)
+    extra = dict(metrics or {})  # kept next to every evaluation's figures
+    trainer = Trainer(model, decoder_loss(clip, config), config, "flow_decoder", save=save_flow_decoder, out=out,
+                      resume=resume, force=force, progress=progress,
+                      evaluate=(lambda m: dict(extra, **evaluate(m))) if evaluate else None)
+    trainer.metrics = extra
+    return trainer.run(), trainer
