@@ -184,8 +184,17 @@ def bench_judge(folder: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_flow(folder: Path, quick: bool) -> list[dict]:
+    """Notebook 11's race: diffusion decoder (DDIM) vs flow decoder (Euler, Heun) over sampling steps."""
+    need(folder, "clip", "prior", "decoder", "flow_decoder", "judge")
+    spec = importlib.util.spec_from_file_location("flow_bench", HERE / "flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.bench(folder, quick)
+
+
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge}
+            "pipeline": bench_pipeline, "judge": bench_judge, "flow": bench_flow}
 
 
 # ----------------------------------------------------------------------------- report

@@ -63,9 +63,7 @@ def _train_flow_decoder(args) -> int:
     folder = Path(args.checkpoints)
     out = folder / "flow_decoder"
     clip, decoder = load_clip(folder / "clip", args.device), load_decoder(folder / "decoder", args.device)
-    recorded = decoder.metrics.get("train_config", {})  # the recipe the decoder was trained with
-    recipe = train.TrainConfig(**{f.name: recorded.get(f.name, getattr(train.DECODER_TRAIN, f.name))
-                                  for f in dataclasses.fields(train.TrainConfig)})
+    recipe = train.recorded_config(decoder.metrics, train.DECODER_TRAIN)  # what the decoder was trained with
     model_config = FlowDecoderConfig.like(decoder.config)
     if args.resume and checkpoints.paths(out)[1].exists():  # the budget set when this run started
         budget = checkpoints.read_meta(out, "flow_decoder")["metrics"]["budget"]

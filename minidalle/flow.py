@@ -42,7 +42,8 @@ def _time(t: Time, x: Tensor) -> Tensor:
         got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else repr(t)
         raise ValueError(f"t must be a float or a float tensor of shape ({B},) with values in [0, 1], got {got}")
     if t.numel() and (t.min() < 0 or t.max() > 1):
-        raise ValueError(f"t must lie in [0, 1] (0 = data, 1 = noise), got values {t.min().item():g}..{t.max().item():g}")
+        raise ValueError(f"t must lie in [0, 1] (0 = data, 1 = noise), got values "
+                         f"{t.min().item():g}..{t.max().item():g}")
     return t.to(dtype=x.dtype, device=x.device).reshape(B, *([1] * (x.dim() - 1)))
 
 
@@ -100,7 +101,8 @@ def euler_step(x_t: Tensor, velocity: Tensor, t: float, t_next: float, eta: floa
     if noise is None:
         raise ValueError("euler_step with eta > 0 needs noise")
     x0, eps = x_t - t * velocity, x_t + (1 - t) * velocity  # the two ends of the line through x_t
-    # Posterior standard deviation for a general path (alpha, sigma): sigma_s sqrt(1 - (alpha_t sigma_s / (alpha_s sigma_t))^2).
+    # The posterior's standard deviation for a path (alpha, sigma), eq. 16 generalized:
+    # sigma_s sqrt(1 - (alpha_t sigma_s / (alpha_s sigma_t))^2), here with alpha = 1 - t, sigma = t.
     ratio = (1 - t) * t_next / ((1 - t_next) * t)
     sigma = eta * t_next * math.sqrt(max(0.0, 1 - ratio**2))
     return (1 - t_next) * x0 + math.sqrt(max(0.0, t_next**2 - sigma**2)) * eps + sigma * noise

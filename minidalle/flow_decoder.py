@@ -61,13 +61,21 @@ class FlowDecoder(nn.Module):
         self.config = config
         self.unet = UNet(config.unet)
 
-    def loss(self, images: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator | None = None):
-        """images (B, 3, S, S) in [0, 1], embeddings (B, E) -> MSE of the velocity (Lipman et al. 2023, eq. 23)."""
+    def loss(self, images: torch.Tensor, embeddings: torch.Tensor, generator: torch.Generator | None = None,
+             noise: torch.Tensor | None = None):
+        """images (B, 3, S, S) in [0, 1], embeddings (B, E) -> MSE of the velocity (Lipman et al. 2023, eq. 23).
+
+        noise (B, 3, S, S): the other end of each path (default: fresh noise); reflow passes the
+        noise each image was sampled from (Liu et al. 2023, sec. 2.2).
+        """
         self._check_embeddings(embeddings)
         x0 = images.to(self.device) * 2 - 1  # the model works in [-1, 1]
         B = x0.shape[0]
         t = torch.rand(B, device=self.device, generator=generator)  # uniform in [0, 1) (Liu et al. 2023)
-        noise = torch.randn(x0.shape, device=self.device, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=self.device, generator=generator)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} must equal the images' shape {tuple(x0.shape)}")
         drop = torch.rand(B, device=self.device, generator=generator) < self.config.drop_condition
         cond = torch.where(drop[:, None], self.unet.null_embedding.expand(B, -1), embeddings.to(self.device))
         prediction = self.unet(flow.interpolate(x0, noise, t), t * self.config.time_scale, cond)
@@ -113,6 +121,19 @@ class FlowDecoder(nn.Module):
         x0 = images.to(self.device, torch.float32) * 2 - 1
         return flow.integrate(lambda x_t, t: self.velocity(x_t, t, embeddings, guidance), x0, steps, method,
                               start=0.0, end=1.0)
+
+
+@torch.no_grad()
+def reflow_pairs(model: FlowDecoder, embeddings: torch.Tensor, seed: int = 0, batch_size: int = 256,
+                 **sampler) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (N, 3, S, S) and the images (N, 3, S, S) in [0, 1] the model carries it to, for embeddings (N, E):
+    the couplings that reflow straightens (Liu et al. 2023, algorithm 1). sampler: guidance, steps, method."""
+    size = model.config.unet.image_size
+    generator = torch.Generator(model.device).manual_seed(seed)
+    noise = torch.randn((len(embeddings), 3, size, size), generator=generator, device=model.device)
+    images = torch.cat([model.sample(embeddings[i:i + batch_size], x_T=noise[i:i + batch_size], **sampler)
+                        for i in range(0, len(embeddings), batch_size)])
+    return noise, images
 
 
 def build(config: FlowDecoderConfig) -> FlowDecoder:

@@ -77,7 +77,8 @@ def judge_samples(judge: AttributeJudge, images: torch.Tensor, prompts: Sequence
     repeats images, which raises the distance: compare intervals with each other).
     """
     if len(images) != len(real) or len(images) != len(prompts):
-        raise ValueError(f"need as many images, prompts and real renders, got {len(images)}, {len(prompts)}, {len(real)}")
+        raise ValueError(f"need as many images, prompts and real renders, got {len(images)}, {len(prompts)}, "
+                         f"{len(real)}")
     judge.eval()
     scores = score_prompts(judge.predict(images), list(prompts), intervals=True)
     out: dict = {"n": len(prompts)}

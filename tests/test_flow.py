@@ -2,7 +2,6 @@
 (minidalle.flow_decoder) with the pipeline and the CLI on tiny models, and the race helpers."""
 import dataclasses
 import json
-import math
 
 import pytest
 import torch
@@ -138,7 +137,8 @@ def test_stochastic_step_is_ddpms_posterior_and_eta_zero_is_euler():
     g = torch.Generator().manual_seed(0)
     n, t, s = 400_000, 0.7, 0.3
     x0 = torch.full((n, 1), 0.8, dtype=torch.float64)
-    noise, fresh = torch.randn(n, 1, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64)
+    noise = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    fresh = torch.randn(n, 1, generator=g, dtype=torch.float64)
     x_t, v = flow.interpolate(x0, noise, t), flow.velocity_target(x0, noise)
     torch.testing.assert_close(flow.euler_step(x_t, v, t, s), x_t + (s - t) * v)
     torch.testing.assert_close(flow.euler_step(x_t, v, t, s, eta=0.0, noise=fresh), x_t + (s - t) * v)
@@ -389,3 +389,33 @@ def test_judge_samples_pools_groups_and_verdicts():
     assert race.verdict(0.9, (0.8, 0.95), 0.85, (0.75, 0.9)) == "no difference within the intervals"
     with pytest.raises(ValueError, match="as many"):
         race.judge_samples(judge, real[:4], prompts, real)
+
+
+def test_reflow_pairs_and_student():
+    """The pairs are what the teacher draws from that noise; the student starts as the teacher, samples
+    without guidance, and its loss on a pair uses that pair's noise (a straight line between them)."""
+    from minidalle.flow_decoder import reflow_pairs
+    from minidalle.train import train_reflow
+
+    torch.manual_seed(0)
+    teacher = FlowDecoder(FlowDecoderConfig.tiny()).eval()
+    embeddings = torch.randn(3, 16)
+    noise, images = reflow_pairs(teacher, embeddings, seed=4, batch_size=2, steps=2, guidance=2.0)
+    assert noise.shape == images.shape == (3, 3, 32, 32)
+    torch.testing.assert_close(images, teacher.sample(embeddings, x_T=noise, steps=2, guidance=2.0))
+    config = TrainConfig(steps=2, batch_size=2, warmup=1, lr=1e-4)
+    student, trainer = train_reflow(teacher, noise, images, embeddings, config, guidance=2.0, progress=False)
+    assert student.config.guidance == 1.0 and student.config.drop_condition == 0.0 and trainer.step == 2
+    assert trainer.metrics["reflow"] == {"pairs": 3, "teacher_guidance": 2.0}
+    model = FlowDecoder(FlowDecoderConfig.tiny())
+    g = torch.Generator().manual_seed(1)
+    t = torch.rand(3, generator=g)
+    x0 = images * 2 - 1
+    x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+    want = (model.unet(x_t, 1000 * t, embeddings) - (noise - x0)).pow(2).mean()
+    model.config = dataclasses.replace(model.config, drop_condition=0.0)
+    torch.testing.assert_close(model.loss(images, embeddings, torch.Generator().manual_seed(1), noise=noise), want)
+    with pytest.raises(ValueError, match="noise shape"):
+        model.loss(images, embeddings, noise=noise[:2])
+    with pytest.raises(ValueError, match="as many"):
+        train_reflow(teacher, noise[:2], images, embeddings, config, guidance=2.0)
