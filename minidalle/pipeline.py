@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from minidalle import CHECKPOINT_DIR
 from minidalle.clip import CLIP, load_clip
 from minidalle.decoder import Decoder
+from minidalle.distributed import resolve_device
 from minidalle.flow_decoder import FlowDecoder, load_any_decoder
 from minidalle.prior import DiffusionPrior, load_prior
 from minidalle.world import parse_prompt
@@ -43,21 +44,24 @@ class UnCLIP:
                         decoder: str = "decoder") -> "UnCLIP":
         """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints).
 
-        decoder: the decoder checkpoint's name in the folder, e.g. "flow_decoder" (notebook 11);
+        device: "cpu", "cuda", "mps", or "auto" (CUDA, then Apple's MPS, then the CPU);
+        decoder: the decoder checkpoint's name in the folder, e.g. "flow_decoder" (notebook 11),
         a diffusion or a flow decoder, whichever its JSON says.
         """
-        folder = Path(path) if path is not None else CHECKPOINT_DIR
+        folder, device = Path(path) if path is not None else CHECKPOINT_DIR, resolve_device(device)
         if not folder.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {folder}")
         return cls(load_clip(folder / "clip", device), load_prior(folder / "prior", device),
                    load_any_decoder(folder / decoder, device))
 
     # -------------------------------------------------------------- the stages
-    @staticmethod
-    def _prompts(prompts: str | Sequence[str]) -> list[str]:
+    def _prompts(self, prompts: str | Sequence[str]) -> list[str]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        for p in prompts:
-            parse_prompt(p)  # a bad prompt fails here, with the parser's clear message
+        for p in prompts:  # a bad prompt fails here, with the parser's (or the tokenizer's) clear message
+            if self.clip.config.world_tokenizer:
+                parse_prompt(p)
+            else:  # a CLIP trained on your own captions: its tokenizer knows what it can read
+                self.clip.tokenizer.encode(p)
         return prompts
 
     @torch.no_grad()
