@@ -55,6 +55,7 @@ def race(folder: Path, quick: bool) -> dict:
             "flow_decoder_train_seconds": flow_decoder.metrics.get("train_seconds"),
             "decoder_steps": (pipe.decoder.metrics.get("history") or [[None]])[-1][0],
             "flow_decoder_steps": (flow_decoder.metrics.get("history") or [[None]])[-1][0],
+            "flow_decoder_budget_steps": budget.get("steps", {}).get("flow_decoder"),
             "seconds_per_step": budget.get("seconds_per_step"), "guidance": pipe.decoder.config.guidance,
             "flow_guidance": flow_decoder.config.guidance, "rows": rows}
 
@@ -66,18 +67,19 @@ def _fmt(value: float, interval, digits: int = 3) -> str:
 def bench(folder: Path, quick: bool) -> list[dict]:
     """benchmarks/run.py's "flow" section: one row per sampler and steps, plus the training budgets."""
     r = race(folder, quick)
-    how = (f"{r['n']} fresh full prompts, the same prior embeddings for both decoders, seed 0, the judge; "
-           "every attribute right, [..] 95 % Wilson interval")
+    how = f"{r['n']} fresh full prompts, the same prior embeddings for both decoders, seed 0, the judge"
     rows = []
     for row in r["rows"]:
         rows.append({"figure": f"{row['sampler']} {row['steps']} steps ({row['calls']} calls): all right",
                      "value": row["all"], "target": None, "pass": None, "unit": "", "interval": list(row["all_ci"]),
-                     "how": f"{how}; stripe colour {_fmt(row['color2'], row['color2_ci'])}; judge Fréchet "
+                     "how": f"{how}; every attribute right {_fmt(row['all'], row['all_ci'])} (95 % Wilson); "
+                            f"stripe colour {_fmt(row['color2'], row['color2_ci'])}; judge Fréchet "
                             f"{_fmt(row['frechet'], row['frechet_ci'], 2)} (95 % bootstrap; real vs real "
                             f"{r['floor']:.2f})"})
     for name in ("decoder", "flow_decoder"):
         rows.append({"figure": f"{name} training time (s)", "value": r[f"{name}_train_seconds"], "target": None,
                      "pass": None, "unit": "s", "how": f"{name}.json train_seconds, {r[f'{name}_steps']} steps"
+                     + (f" of its {r['flow_decoder_budget_steps']} budget steps" if name == "flow_decoder" else "")
                      + (f"; s/step timed back to back when the flow decoder was trained: {r['seconds_per_step']}"
                         if name == "flow_decoder" and r["seconds_per_step"] else "")})
     return rows
@@ -90,8 +92,10 @@ def markdown(r: dict) -> str:
              "the attribute judge. Intervals: 95 % Wilson (accuracies), 95 % bootstrap over prompts (Fréchet "
              f"distance in the judge's features; real renders vs real renders: {r['floor']:.2f}).", "",
              f"Training: diffusion decoder {r['decoder_train_seconds']} s ({r['decoder_steps']} steps), flow "
-             f"decoder {r['flow_decoder_train_seconds']} s ({r['flow_decoder_steps']} steps); seconds per step "
-             f"timed back to back when the flow decoder was trained: {r['seconds_per_step']}.", "",
+             f"decoder {r['flow_decoder_train_seconds']} s ({r['flow_decoder_steps']} of its "
+             f"{r['flow_decoder_budget_steps']} budget steps); seconds per step timed back to back when the flow "
+             f"decoder's training started: {r['seconds_per_step']}. Training seconds were measured at different "
+             "times on a shared machine: compare steps, not seconds.", "",
              "| sampler | steps | network calls | every attribute right | stripe colour | Fréchet | seconds |",
              "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:

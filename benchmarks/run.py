@@ -38,7 +38,7 @@ def need(folder: Path, *names: str) -> None:
     for name in names:
         for path in checkpoints.paths(folder / name):
             if not path.exists():
-                stage = "judge: minidalle.evaluate.train_judge" if name == "judge" else f"python -m minidalle train {name}"
+                stage = "judge: minidalle.evaluate.train_judge" if name == "judge" else f"python -m minidalle train {name.replace('_', '-')}"
                 raise MissingCheckpoint(f"missing checkpoint {path.name} ({stage})")
 
 

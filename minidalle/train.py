@@ -319,8 +319,8 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
 
-    trainer = Trainer(model, decoder_loss(clip, config, data), config, "decoder", save=save_decoder, out=out, resume=resume, force=force,
-                      progress=progress)
+    trainer = Trainer(model, decoder_loss(clip, config, data), config, "decoder", save=save_decoder, out=out,
+                      resume=resume, force=force, progress=progress)
     return trainer.run(), trainer
 
 
