@@ -38,7 +38,7 @@ def need(folder: Path, *names: str) -> None:
     for name in names:
         for path in checkpoints.paths(folder / name):
             if not path.exists():
-                stage = "judge: minidalle.evaluate.train_judge" if name == "judge" else f"python -m minidalle train {name}"
+                stage = "judge: minidalle.evaluate.train_judge" if name == "judge" else f"python -m minidalle train {name.replace('_', '-')}"
                 raise MissingCheckpoint(f"missing checkpoint {path.name} ({stage})")
 
 
@@ -194,8 +194,18 @@ def bench_refinement(folder: Path, quick: bool) -> list[dict]:
     return [figure(**row) for row in module.bench(folder, quick)]
 
 
+def bench_flow(folder: Path, quick: bool) -> list[dict]:
+    """Notebook 11's race: diffusion decoder (DDIM) vs flow decoder (Euler, Heun) over sampling steps."""
+    need(folder, "clip", "prior", "decoder", "flow_decoder", "judge")
+    spec = importlib.util.spec_from_file_location("flow_bench", HERE / "flow.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.bench(folder, quick)
+
+
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge, "refinement": bench_refinement}
+            "pipeline": bench_pipeline, "judge": bench_judge, "refinement": bench_refinement,
+            "flow": bench_flow}
 
 
 # ----------------------------------------------------------------------------- report

@@ -26,7 +26,7 @@ def _generate(args) -> int:
         from minidalle.refine import load_refinement
         pipe = load_refinement(args.refinement, base=args.checkpoints, device=args.device)
     else:
-        pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device)
+        pipe = UnCLIP.from_pretrained(args.checkpoints, device=args.device, decoder=args.decoder)
     images = pipe.generate([args.prompt] * args.n, seed=args.seed, guidance=args.guidance, steps=args.steps)
     save_grid(images, out, captions=[args.prompt] * args.n if args.n > 1 else None)
     print(f"wrote {out}")
@@ -76,6 +76,8 @@ def _train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.stage == "flow-decoder":
+        return _train_flow_decoder(args)
     folder = Path(args.checkpoints)
     stages = ["clip", "prior", "decoder"] if args.stage == "all" else [args.stage]
     with distributed.session(torch.device(args.device)):
@@ -98,6 +100,38 @@ def _export_world(args) -> int:
                           image_size=args.image_size, force=args.force,
                           metadata="metadata.jsonl" if args.jsonl else "metadata.csv")
     print(f"wrote {args.n} images and their captions to {folder}")
+    return 0
+
+
+def _train_flow_decoder(args) -> int:
+    """The decoder's U-Net, conditioning and recipe trained by flow matching (notebook 11), for as many
+    CPU seconds as the decoder in the same folder: both training steps are timed here, back to back."""
+    import dataclasses
+
+    from minidalle import checkpoints, race, train
+    from minidalle.clip import load_clip
+    from minidalle.decoder import Decoder, load_decoder
+    from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig
+
+    folder = Path(args.checkpoints)
+    out = folder / "flow_decoder"
+    clip, decoder = load_clip(folder / "clip", args.device), load_decoder(folder / "decoder", args.device)
+    recipe = train.recorded_config(decoder.metrics, train.DECODER_TRAIN)  # what the decoder was trained with
+    model_config = FlowDecoderConfig.like(decoder.config)
+    if args.resume and checkpoints.paths(out)[1].exists():  # the budget set when this run started
+        budget = checkpoints.read_meta(out, "flow_decoder")["metrics"]["budget"]
+    else:
+        checkpoints.ensure_writable(out, args.force)
+        models = {"decoder": Decoder(decoder.config), "flow_decoder": FlowDecoder(model_config)}
+        budget = race.equal_budget(models, train.decoder_loss(clip, recipe), recipe)
+        budget["decoder_train_seconds"] = decoder.metrics.get("train_seconds")
+    steps = budget["steps"]["flow_decoder"]
+    print(f"decoder {budget['seconds_per_step']['decoder']:.3f} s/step, flow decoder "
+          f"{budget['seconds_per_step']['flow_decoder']:.3f} s/step (timed back to back): {recipe.steps} decoder "
+          f"steps -> {steps} flow-decoder steps")
+    train.train_flow_decoder(clip, model_config, dataclasses.replace(recipe, steps=steps), out=out,
+                             resume=args.resume, force=args.force, metrics={"budget": budget})
+    print(f"wrote {out}.safetensors")
     return 0
 
 
@@ -183,7 +217,9 @@ def main(argv=None) -> int:
     g.add_argument("-n", type=int, default=1, help="number of images (a grid when > 1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    g.add_argument("--steps", type=int, default=None, help="DDIM steps")
+    g.add_argument("--steps", type=int, default=None, help="sampling steps (DDIM, or the flow decoder's ODE steps)")
+    g.add_argument("--decoder", default="decoder", help="decoder checkpoint in the folder: decoder (diffusion, "
+                   "default) or flow_decoder (notebook 11)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     g.add_argument("--refinement", default=None, help="a refinement from `finetune` (new words), e.g. "
@@ -191,7 +227,8 @@ def main(argv=None) -> int:
     g.set_defaults(run=_generate)
 
     t = sub.add_parser("train", help="train a stage (or all, in order) and write its checkpoint")
-    t.add_argument("stage", choices=["clip", "prior", "decoder", "all"])
+    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "flow-decoder"],
+                   help="all = clip, prior, decoder; flow-decoder = notebook 11's decoder (needs clip and decoder)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 
 from minidalle import CHECKPOINT_DIR
 from minidalle.clip import CLIP, load_clip
-from minidalle.decoder import Decoder, load_decoder
+from minidalle.decoder import Decoder
 from minidalle.distributed import resolve_device
+from minidalle.flow_decoder import FlowDecoder, load_any_decoder
 from minidalle.prior import DiffusionPrior, load_prior
 from minidalle.world import parse_prompt
 
@@ -39,21 +40,24 @@ class UnCLIP:
     carries a minidalle.concepts.World with its new words).
     """
 
-    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder, world=None):
+    def __init__(self, clip: CLIP, prior: DiffusionPrior, decoder: Decoder | FlowDecoder, world=None):
         self.clip, self.prior, self.decoder = clip.eval(), prior.eval(), decoder.eval()
         self.world = world
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "UnCLIP":
+    def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
+                        decoder: str = "decoder") -> "UnCLIP":
         """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints).
 
-        device: "cpu", "cuda", "mps", or "auto" (CUDA, then Apple's MPS, then the CPU).
+        device: "cpu", "cuda", "mps", or "auto" (CUDA, then Apple's MPS, then the CPU);
+        decoder: the decoder checkpoint's name in the folder, e.g. "flow_decoder" (notebook 11),
+        a diffusion or a flow decoder, whichever its JSON says.
         """
         folder, device = Path(path) if path is not None else CHECKPOINT_DIR, resolve_device(device)
         if not folder.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {folder}")
         return cls(load_clip(folder / "clip", device), load_prior(folder / "prior", device),
-                   load_decoder(folder / "decoder", device))
+                   load_any_decoder(folder / decoder, device))
 
     # -------------------------------------------------------------- the stages
     def _prompts(self, prompts: str | Sequence[str]) -> list[str]:
@@ -84,7 +88,8 @@ class UnCLIP:
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor, seed: int = 0, guidance: float | None = None,
                steps: int | None = None, progress: bool = False) -> torch.Tensor:
-        """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E)."""
+        """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E): by DDIM
+        for a diffusion decoder, by its ODE sampler (config.method) for a flow decoder."""
         return self.decoder.sample(embeddings, seed=seed, guidance=guidance, steps=steps, progress=progress)
 
     # -------------------------------------------------------------- what users call

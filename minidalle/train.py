@@ -4,6 +4,7 @@ checkpoints and resume. One generic loop; each stage supplies its loss and batch
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -312,12 +313,30 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
     """Train the decoder on fresh renders of the train split (or an ImageFolder's images, `data`)
     and their frozen-CLIP embeddings."""
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
-    from minidalle.sources import training_batch
     from minidalle.unet import UNetConfig
 
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
+
+    trainer = Trainer(model, decoder_loss(clip, config, data), config, "decoder", save=save_decoder, out=out,
+                      resume=resume, force=force, progress=progress)
+    return trainer.run(), trainer
+
+
+def recorded_config(metrics: dict, default: TrainConfig) -> TrainConfig:
+    """The TrainConfig a checkpoint's metrics record under "train_config" (what it was trained with);
+    fields it does not record come from default."""
+    recorded = metrics.get("train_config", {})
+    return TrainConfig(**{f.name: recorded.get(f.name, getattr(default, f.name))
+                          for f in dataclasses.fields(TrainConfig)})
+
+
+def decoder_loss(clip, config: TrainConfig, data=None):
+    """loss_fn(model, step) of the decoder's data stream, for any model with `loss(images, embeddings,
+    generator)`: the same renders (or `data`'s images), CLIP embeddings and noise seeds at every step,
+    so that the diffusion and the flow decoder see the same batches (notebook 11's race)."""
+    from minidalle.sources import training_batch
 
     def loss_fn(model, step):
         images, _ = training_batch(data, config, step, model.config.unet.image_size, offset=17)
@@ -325,7 +344,61 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
             embeddings = clip.encode_image(images)
         generator = torch.Generator(model.device).manual_seed(distributed.rank_seed(config.seed * 1_000_003 + step))
         return model.loss(images, embeddings, generator)
+    return loss_fn
 
-    trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder, out=out, resume=resume, force=force,
+
+def train_flow_decoder(clip, model_config=None, config: TrainConfig | None = None, out=None, resume: bool = False,
+                       force: bool = False, progress: bool = True, evaluate: Callable | None = None,
+                       metrics: dict | None = None):
+    """Train the flow decoder (notebook 11) on the decoder's data stream with the decoder's recipe.
+
+    model_config: a FlowDecoderConfig (default: the shipped decoder's U-Net, FlowDecoderConfig.like);
+    config: default DECODER_TRAIN, read when called; evaluate(model) -> dict every config.eval_every
+    steps; metrics: saved with the checkpoint (e.g. how the step budget was set).
+    """
+    from minidalle.decoder import DecoderConfig
+    from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
+    from minidalle.unet import UNetConfig
+
+    config = config or DECODER_TRAIN
+    torch.manual_seed(config.seed)
+    clip = clip.eval().requires_grad_(False)
+    if model_config is None:  # what train_decoder builds by default
+        model_config = FlowDecoderConfig.like(DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim)))
+    model = FlowDecoder(model_config).to(clip.device)
+    extra = dict(metrics or {})  # kept next to every evaluation's figures
+    trainer = Trainer(model, decoder_loss(clip, config), config, "flow_decoder", save=save_flow_decoder, out=out,
+                      resume=resume, force=force, progress=progress,
+                      evaluate=(lambda m: dict(extra, **evaluate(m))) if evaluate else None)
+    trainer.metrics = extra
+    return trainer.run(), trainer
+
+
+def train_reflow(teacher, noise: torch.Tensor, images: torch.Tensor, embeddings: torch.Tensor, config: TrainConfig,
+                 guidance: float, out=None, force: bool = False, progress: bool = True):
+    """Reflow (Liu et al. 2023, sec. 2.2): fine-tune a copy of a flow decoder on straight paths between
+    noise (N, 3, S, S) and the images (N, 3, S, S) it drew from them for embeddings (N, E).
+
+    The pairs were drawn with classifier-free guidance `guidance`, so the student learns the guided
+    flow itself: it trains without dropping the condition and samples with guidance 1 (one network
+    call a step instead of two).
+    """
+    from minidalle.flow_decoder import FlowDecoder, save_flow_decoder
+
+    if not len(noise) == len(images) == len(embeddings):
+        raise ValueError(f"need as many noises, images and embeddings, got {len(noise)}, {len(images)}, "
+                         f"{len(embeddings)}")
+    torch.manual_seed(config.seed)
+    student = FlowDecoder(dataclasses.replace(teacher.config, drop_condition=0.0, guidance=1.0)).to(teacher.device)
+    student.load_state_dict(teacher.state_dict())
+
+    def loss_fn(model, step):
+        seed = config.seed * 1_000_003 + step
+        index = torch.randint(len(noise), (config.batch_size,), generator=torch.Generator().manual_seed(seed))
+        return model.loss(images[index], embeddings[index], torch.Generator(model.device).manual_seed(seed),
+                          noise=noise[index].to(model.device))
+
+    trainer = Trainer(student, loss_fn, config, "flow_decoder", save=save_flow_decoder, out=out, force=force,
                       progress=progress)
+    trainer.metrics = {"reflow": {"pairs": len(noise), "teacher_guidance": guidance}}
     return trainer.run(), trainer

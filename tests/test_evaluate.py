@@ -200,6 +200,7 @@ def tiny_checkpoints(tmp_path_factory):
     """Untrained tiny models of every stage, saved like the shipped ones."""
     from minidalle.clip import CLIP, CLIPConfig, save_clip
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
+    from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
     from minidalle.prior import DiffusionPrior, PriorConfig, save_prior
 
     folder = tmp_path_factory.mktemp("checkpoints")
@@ -209,6 +210,7 @@ def tiny_checkpoints(tmp_path_factory):
     save_prior(DiffusionPrior(PriorConfig.tiny()), folder / "prior", metrics)
     save_decoder(Decoder(DecoderConfig.tiny()), folder / "decoder", metrics)
     save_judge(AttributeJudge(JudgeConfig.tiny()), folder / "judge", metrics)
+    save_flow_decoder(FlowDecoder(FlowDecoderConfig.like(DecoderConfig.tiny())), folder / "flow_decoder", metrics)
     return folder
 
 
@@ -222,7 +224,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     results = run_bench(tmp_path, tiny_checkpoints)
     assert set(results["machine"]) >= {"cores", "torch", "torch_threads", "quick"}
     assert results["machine"]["torch_threads"] == 1
-    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge", "refinement"]
+    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge", "refinement", "flow"]
     for name, section in results["sections"].items():
         if name == "refinement":  # needs judge_extended and a refinement made on these very checkpoints
             assert section["status"] == "skipped" and "judge_extended" in section["note"], section
@@ -233,6 +235,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     markdown = (tmp_path / "results.md").read_text()
     assert "| section | figure | value | target | result | how it was measured |" in markdown
     assert "judge training time" in markdown and "torch" in markdown
+    assert "DDIM 1 steps (1 calls): all right" in markdown and "Heun 4 steps (8 calls): all right" in markdown
 
 
 def test_bench_skips_sections_without_checkpoints(tmp_path):
