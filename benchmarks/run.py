@@ -74,11 +74,16 @@ def bench_render(folder: Path, quick: bool) -> list[dict]:
                    f"median of {repeats}", "s")]
 
 
-def bench_attention(folder: Path, quick: bool) -> list[dict]:
-    spec = importlib.util.spec_from_file_location("attention_bench", HERE / "attention.py")
+def _bench_module(name: str):
+    """benchmarks/<name>.py, loaded by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    r = module.bench(quick)
+    return module
+
+
+def bench_attention(folder: Path, quick: bool) -> list[dict]:
+    r = _bench_module("attention").bench(quick)
     return [figure("MultiHeadAttention ours / torch", r["mha_ratio"], "<= 1.2",
                    f"{r['mha_shape']}; ours {r['mha_ours_ms']} ms, torch {r['mha_torch_ms']} ms")]
 
@@ -184,8 +189,13 @@ def bench_judge(folder: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_gan(folder: Path, quick: bool) -> list[dict]:
+    need(folder, "clip", "prior", "decoder", "judge", "gan")
+    return _bench_module("gan").bench(folder, quick, figure, SEED + 5)  # notebook 09's race
+
+
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge}
+            "pipeline": bench_pipeline, "judge": bench_judge, "gan": bench_gan}
 
 
 # ----------------------------------------------------------------------------- report

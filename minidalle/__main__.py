@@ -39,7 +39,11 @@ def _train(args) -> int:
     stages = ["clip", "prior", "decoder"] if args.stage == "all" else [args.stage]
     for stage in stages:
         kw = dict(out=folder / stage, resume=args.resume, force=args.force)
-        if stage == "clip":
+        if stage == "gan":  # notebook 09's baseline, not part of "all": the decoder's CPU seconds, measured
+            from minidalle.gan import train_gan_like_decoder
+
+            train_gan_like_decoder(folder, device=args.device, steps=args.steps, **kw)
+        elif stage == "clip":
             train.train_clip(device=args.device, **kw)
         else:
             clip = load_clip(folder / "clip", args.device)
@@ -81,10 +85,12 @@ def main(argv=None) -> int:
     g.set_defaults(run=_generate)
 
     t = sub.add_parser("train", help="train a stage (or all, in order) and write its checkpoint")
-    t.add_argument("stage", choices=["clip", "prior", "decoder", "all"])
+    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "gan"])
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="gan only: training steps (default: as many as cost the decoder's CPU seconds, measured)")
     t.set_defaults(run=_train)
 
     e = sub.add_parser("evaluate", help="judge generated images against their prompts")
