@@ -226,6 +226,10 @@ def markdown(results: dict) -> str:
         lines += ["", f"## On a GPU ({g.get('gpu', g['device'])}, torch {g['torch']}; recorded by `benchmarks/gpu.py`)",
                   "", "| figure | value |", "|---|---|"]
         lines += [f"| {k} | {_gpu_cell(v)} |" for k, v in g.items() if k not in ("device", "gpu", "torch", "python")]
+    roundtrip = HERE / "folder_roundtrip.md"
+    if roundtrip.exists():  # recorded by benchmarks/folder_roundtrip.py (two CLIP runs); not re-measured here
+        recorded = roundtrip.read_text().splitlines()
+        lines += ["", "## Export -> image folder -> train (recorded by `benchmarks/folder_roundtrip.py`)"] + recorded[1:]
     return "\n".join(lines) + "\n"
 
 

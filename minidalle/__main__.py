@@ -1,11 +1,14 @@
-"""Command line: `python -m minidalle {generate,train,evaluate} --help`."""
+"""Command line: `python -m minidalle {generate,train,evaluate,export-world} --help`.
+
+`torchrun --nproc_per_node=N -m minidalle train ...` trains on N processes (minidalle.distributed).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from minidalle import CHECKPOINT_DIR
+from minidalle import CHECKPOINT_DIR, DATA_DIR
 
 
 def _generate(args) -> int:
@@ -26,10 +29,44 @@ def _generate(args) -> int:
     return 0
 
 
+def _stage_options(stage: str, args, clip=None) -> dict:
+    """Keyword arguments of train_<stage> beyond the CLIP: --preset, --steps, --batch-size, --data."""
+    import dataclasses
+
+    from minidalle import checkpoints
+    from minidalle.clip import CLIPConfig, make_tokenizer
+    from minidalle.data import load_folder
+    from minidalle.presets import get_preset
+    from minidalle.sources import clip_config_for
+    from minidalle.world import all_scenes, caption
+
+    preset, out = get_preset(args.preset), Path(args.checkpoints) / stage
+    changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    kw = dict(config=dataclasses.replace(getattr(preset, f"{stage}_train"), **changes), out=out,
+              resume=args.resume, force=args.force)
+    if stage != "clip":
+        kw["model_config"] = preset.prior_for(clip) if stage == "prior" else preset.decoder_for(clip)
+        if args.data:  # the prior reads the captions with its CLIP's tokenizer: check them all now
+            kw["data"] = load_folder(args.data, clip.config.vision.image_size,
+                                     clip.tokenizer if stage == "prior" else None)
+        return kw
+    config, saved = preset.clip or CLIPConfig(), args.resume and checkpoints.paths(out)[1].exists()
+    if saved:  # the saved vocabulary, not one rebuilt from captions that may have changed
+        config = checkpoints.config_from_dict(CLIPConfig, checkpoints.read_meta(out, "clip")["config"])
+    if args.data:
+        kw["data"] = load_folder(args.data, config.vision.image_size, make_tokenizer(config) if saved else None)
+        if not saved:
+            config = clip_config_for(kw["data"].captions, config, args.tokenizer or "word")
+    elif args.tokenizer == "bpe" and not saved:
+        config = clip_config_for([caption(s) for s in all_scenes()], config, "bpe")
+    kw["model_config"] = config
+    return kw
+
+
 def _train(args) -> int:
     import torch
 
-    from minidalle import train
+    from minidalle import distributed, train
     from minidalle.clip import load_clip
 
     if args.threads:
@@ -37,18 +74,35 @@ def _train(args) -> int:
 
     folder = Path(args.checkpoints)
     stages = ["clip", "prior", "decoder"] if args.stage == "all" else [args.stage]
-    for stage in stages:
-        kw = dict(out=folder / stage, resume=args.resume, force=args.force)
-        if stage == "gan":  # notebook 09's baseline, not part of "all": the decoder's CPU seconds, measured
-            from minidalle.gan import train_gan_like_decoder
+    with distributed.session(torch.device(args.device)):
+        for stage in stages:
+            if stage == "gan":  # notebook 09's baseline, not part of "all": the decoder's CPU seconds, measured
+                from minidalle.gan import train_gan_like_decoder
 
-            train_gan_like_decoder(folder, device=args.device, steps=args.steps, **kw)
-        elif stage == "clip":
-            train.train_clip(device=args.device, **kw)
-        else:
-            clip = load_clip(folder / "clip", args.device)
-            (train.train_prior if stage == "prior" else train.train_decoder)(clip, **kw)
-        print(f"wrote {folder / stage}.safetensors")
+                if distributed.world_size() > 1:  # its two-player step has no DDP path
+                    print("error: train gan runs in one process; start it without torchrun", file=sys.stderr)
+                    return 2
+
+                train_gan_like_decoder(folder, out=folder / stage, resume=args.resume, force=args.force,
+                                       device=args.device, steps=args.steps)
+            elif stage == "clip":
+                train.train_clip(device=args.device, **_stage_options(stage, args))
+            else:
+                clip = load_clip(folder / "clip", args.device)
+                (train.train_prior if stage == "prior" else train.train_decoder)(
+                    clip, **_stage_options(stage, args, clip))
+            if distributed.is_main():
+                print(f"wrote {folder / stage}.safetensors")
+    return 0
+
+
+def _export_world(args) -> int:
+    from minidalle.data import export_world
+
+    folder = export_world(args.folder, args.n, seed=args.seed, split=args.split, partial=not args.full_captions,
+                          image_size=args.image_size, force=args.force,
+                          metadata="metadata.jsonl" if args.jsonl else "metadata.csv")
+    print(f"wrote {args.n} images and their captions to {folder}")
     return 0
 
 
@@ -89,8 +143,15 @@ def main(argv=None) -> int:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    t.add_argument("--steps", type=int, default=None,
-                   help="gan only: training steps (default: as many as cost the decoder's CPU seconds, measured)")
+    t.add_argument("--data", default=None, help="an image folder to train on instead of the shapes world: "
+                   "images + metadata.csv or metadata.jsonl with the columns file_name and text")
+    t.add_argument("--preset", default="default", choices=["tiny", "default", "large"],
+                   help="model sizes: tiny (tests), default (the course's 32x32), large (64x64, for a GPU)")
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's; gan: as many as cost the decoder's CPU seconds, measured)")
+    t.add_argument("--batch-size", type=int, default=None, help="global batch size, over all processes")
+    t.add_argument("--tokenizer", choices=["word", "bpe"], default=None,
+                   help="CLIP's tokenizer for new captions: word (a vocabulary of the captions' words, default "
+                        "with --data) or bpe (open_clip's, any text)")
     t.set_defaults(run=_train)
 
     e = sub.add_parser("evaluate", help="judge generated images against their prompts")
@@ -98,15 +159,36 @@ def main(argv=None) -> int:
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(run=_evaluate)
 
+    x = sub.add_parser("export-world", help="write the shapes world as an image folder (PNGs + metadata.csv)")
+    x.add_argument("folder", help="folder to write (refused if not empty, unless --force)")
+    x.add_argument("-n", "--n", type=int, default=10_000, help="number of images")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--split", choices=["train", "heldout", "all"], default="train")
+    x.add_argument("--image-size", type=int, default=32)
+    x.add_argument("--full-captions", action="store_true",
+                   help="full captions only (default: full and partial ones, as CLIP training draws them)")
+    x.add_argument("--jsonl", action="store_true", help="write metadata.jsonl instead of metadata.csv")
+    x.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    x.set_defaults(run=_export_world)
+
     for p in (g, t, e):
-        p.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder (default: shipped)")
+        p.add_argument("--checkpoints", default=None, help="checkpoint folder (default: the shipped ones; for "
+                       "train --data DIR: data/runs/<DIR's name>)")
         p.add_argument("--device", default="cpu",
-                       help="torch device: cpu (default) or cuda; the same seed gives different images on each")
+                       help="torch device: cpu (default), cuda, mps or auto (CUDA, then MPS, then CPU); "
+                            "the same seed gives different images on each")
     args = parser.parse_args(argv)
-    if args.device != "cpu":
+    if getattr(args, "data", None) and args.checkpoints is None:  # never the shipped world's checkpoints
+        args.checkpoints = str(DATA_DIR / "runs" / Path(args.data).resolve().name)
+    elif hasattr(args, "checkpoints") and args.checkpoints is None:
+        args.checkpoints = str(CHECKPOINT_DIR)
+    if getattr(args, "device", "cpu") != "cpu":
         import torch
 
+        from minidalle.distributed import resolve_device
+
         try:
+            args.device = str(resolve_device(args.device))
             torch.empty(0, device=args.device)
         except (RuntimeError, AssertionError) as error:
             parser.error(f"--device {args.device} is not usable here ({str(error).splitlines()[0]})")

@@ -40,12 +40,16 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(cls, data: dict):
-    """Rebuild a (possibly nested) frozen dataclass config; unknown or missing keys are errors."""
+    """Rebuild a (possibly nested) frozen dataclass config; unknown or missing keys are errors.
+
+    Only fields a class lists in ADDED_FIELDS (added after checkpoints were shipped, with a
+    default that means the old behaviour) may be missing.
+    """
     if not isinstance(data, dict):
         raise CheckpointError(f"config for {cls.__name__} must be a JSON object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown, missing = set(data) - names, names - set(data)
+    unknown, missing = set(data) - names, names - set(data) - set(getattr(cls, "ADDED_FIELDS", ()))
     if unknown:
         raise CheckpointError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected {sorted(names)}")
     if missing:  # a default could silently build another model (e.g. other heads: same shapes)

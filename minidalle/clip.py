@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from minidalle import checkpoints
-from minidalle.tokenizer import WordTokenizer
+from minidalle.distributed import gather
+from minidalle.tokenizer import BPE_VOCAB_SIZE, BPETokenizer, WordTokenizer
 from minidalle.transformer import TextConfig, TextEncoder, VisionConfig, VisionTransformer
-from minidalle.world import all_scenes, caption
+from minidalle.world import VOCABULARY, all_scenes, caption
 
 MAX_LOGIT_SCALE = 100.0  # as in CLIP: the temperature may not drop below 1/100
 
@@ -28,14 +29,36 @@ class CLIPConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=lambda: TextConfig(width=96, layers=2, heads=4))
     init_temperature: float = 0.07
+    tokenizer: str = "word"  # "word" (one token per word) or "bpe" (open_clip's, for free text)
+    vocabulary: tuple[str, ...] = ()  # the word tokenizer's words; () = the shapes world's
+    # Fields added after the first shipped checkpoints: a JSON without them means these defaults.
+    ADDED_FIELDS: ClassVar[tuple[str, ...]] = ("tokenizer", "vocabulary")
 
     @classmethod
     def tiny(cls) -> "CLIPConfig":
         return cls(embed_dim=16, cnn_width=8, vision=VisionConfig.tiny(), text=TextConfig.tiny())
 
+    @property
+    def world_tokenizer(self) -> bool:
+        """True when the text encoder reads the shapes world's own vocabulary."""
+        return self.tokenizer == "word" and not self.vocabulary
+
     def __post_init__(self):
         if self.image_encoder not in ("cnn", "vit"):
             raise ValueError(f"image_encoder must be 'cnn' or 'vit', not {self.image_encoder!r}")
+        if self.tokenizer not in ("word", "bpe"):
+            raise ValueError(f"tokenizer must be 'word' or 'bpe', not {self.tokenizer!r}")
+        size = 3 + len(self.vocabulary or VOCABULARY) if self.tokenizer == "word" else BPE_VOCAB_SIZE
+        if self.text.vocab_size != size:  # else token ids would index past the embedding table
+            raise ValueError(f"text.vocab_size is {self.text.vocab_size}, but the {self.tokenizer} tokenizer "
+                             f"has {size} tokens")
+
+
+def make_tokenizer(config: CLIPConfig) -> WordTokenizer | BPETokenizer:
+    """The tokenizer a CLIP of this config reads its captions with."""
+    if config.tokenizer == "bpe":
+        return BPETokenizer(config.text.context_length)
+    return WordTokenizer(config.text.context_length, config.vocabulary)
 
 
 class ConvEncoder(nn.Module):
@@ -76,7 +99,7 @@ class CLIP(nn.Module):
     def __init__(self, config: CLIPConfig):
         super().__init__()
         self.config = config
-        self.tokenizer = WordTokenizer(config.text.context_length)
+        self.tokenizer = make_tokenizer(config)
         if config.image_encoder == "cnn":
             self.visual = ConvEncoder(config.cnn_width)
             vision_width = self.visual.out_width
@@ -99,7 +122,7 @@ class CLIP(nn.Module):
         if not torch.is_tensor(images) or images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
             raise ValueError(f"expected images of shape (N, 3, {size}, {size}) in [0, 1], got {shape}")
-        images = images.to(self.device, torch.float32)
+        images = images.to(self.device, self.logit_scale.dtype)  # float32, or float64 for exact comparisons
         features = self.visual(images)
         features = features[1] if isinstance(features, tuple) else features  # ViT: pooled class token
         return F.normalize(self.image_projection(features), dim=-1)
@@ -115,8 +138,12 @@ class CLIP(nn.Module):
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, images: torch.Tensor, captions: Sequence[str]) -> torch.Tensor:
-        """The contrastive loss of a batch of matching (image, caption) pairs."""
-        return contrastive_loss(self.encode_image(images), self.encode_text(captions), self.clamped_scale())
+        """The contrastive loss of a batch of matching (image, caption) pairs.
+
+        Under torchrun the loss is over the global batch: every process's pairs (`gather`).
+        """
+        return contrastive_loss(gather(self.encode_image(images)), gather(self.encode_text(captions)),
+                                self.clamped_scale())
 
     def after_step(self) -> None:
         """Called by the trainer after each optimizer step: keep exp(logit_scale) <= 100."""

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from minidalle import CHECKPOINT_DIR
 from minidalle.clip import CLIP, load_clip
 from minidalle.decoder import Decoder, load_decoder
+from minidalle.distributed import resolve_device
 from minidalle.prior import DiffusionPrior, load_prior
 from minidalle.world import parse_prompt
 
@@ -39,19 +40,24 @@ class UnCLIP:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: str | torch.device = "cpu") -> "UnCLIP":
-        """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints)."""
-        folder = Path(path) if path is not None else CHECKPOINT_DIR
+        """Load clip, prior and decoder from a folder (default: the shipped data/checkpoints).
+
+        device: "cpu", "cuda", "mps", or "auto" (CUDA, then Apple's MPS, then the CPU).
+        """
+        folder, device = Path(path) if path is not None else CHECKPOINT_DIR, resolve_device(device)
         if not folder.is_dir():
             raise FileNotFoundError(f"no checkpoint folder at {folder}")
         return cls(load_clip(folder / "clip", device), load_prior(folder / "prior", device),
                    load_decoder(folder / "decoder", device))
 
     # -------------------------------------------------------------- the stages
-    @staticmethod
-    def _prompts(prompts: str | Sequence[str]) -> list[str]:
+    def _prompts(self, prompts: str | Sequence[str]) -> list[str]:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        for p in prompts:
-            parse_prompt(p)  # a bad prompt fails here, with the parser's clear message
+        for p in prompts:  # a bad prompt fails here, with the parser's (or the tokenizer's) clear message
+            if self.clip.config.world_tokenizer:
+                parse_prompt(p)
+            else:  # a CLIP trained on your own captions: its tokenizer knows what it can read
+                self.clip.tokenizer.encode(p)
         return prompts
 
     @torch.no_grad()

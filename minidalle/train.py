@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from minidalle import checkpoints
+from minidalle import checkpoints, distributed
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ class Trainer:
     With config.ema, `self.ema_model` holds the averaged weights, which are what get saved.
     A model with two players (a GAN) passes its own `optimizer` and a `step_fn(trainer, step)` that
     makes the whole update and returns the losses to log (a tensor of one or more values); the
-    schedule, EMA, history, checkpoints and resume stay the Trainer's.
+    schedule, EMA, history, checkpoints and resume stay the Trainer's (one process only).
+    Under torchrun the loss runs through DistributedDataParallel; rank 0 alone shows progress,
+    evaluates and writes checkpoints (`minidalle.distributed`).
     """
 
     def __init__(self, model: torch.nn.Module, loss_fn: Callable | None, config: TrainConfig, kind: str,
@@ -83,8 +85,8 @@ class Trainer:
                  resume: bool = False, force: bool = False, progress: bool = True,
                  optimizer: torch.optim.Optimizer | None = None, step_fn: Callable | None = None):
         self.model, self.loss_fn, self.config, self.kind = model, loss_fn, config, kind
-        self.save_fn, self.evaluate, self.out, self.progress = save, evaluate, out, progress
-        self.step_fn = step_fn
+        self.save_fn, self.out, self.step_fn = save, out, step_fn
+        self.evaluate, self.progress = (evaluate, progress) if distributed.is_main() else (None, False)
         self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr,
                                                         weight_decay=config.weight_decay)
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False) if config.ema else None
@@ -95,6 +97,7 @@ class Trainer:
                 self._resume()
             elif not resume:
                 checkpoints.ensure_writable(out, force)
+        self.forward = distributed.wrap(model, loss_fn)  # step -> loss; after resume: DDP copies rank 0's weights
 
     def _state_path(self):
         weights, _ = checkpoints.paths(self.out)
@@ -121,7 +124,7 @@ class Trainer:
         return self.ema_model if self.ema_model is not None else self.model
 
     def save(self) -> None:
-        if self.out is None or self.save_fn is None:
+        if self.out is None or self.save_fn is None or not distributed.is_main():
             return
         metrics = dict(self.metrics, history=self.history, train_seconds=round(self.seconds, 1),
                        torch_threads=torch.get_num_threads(), train_config=self.config.__dict__)
@@ -142,7 +145,7 @@ class Trainer:
             if self.step_fn is not None:
                 loss = self.step_fn(self, self.step)  # the caller's own update (e.g. a GAN's two players)
             else:
-                loss = self.loss_fn(self.model, self.step)
+                loss = self.forward(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
@@ -154,7 +157,9 @@ class Trainer:
             self.step += 1
             self.step_seconds.append(time.perf_counter() - start)
             self.seconds += self.step_seconds[-1]
-            logged = [round(v, 5) for v in loss.detach().flatten().tolist()]  # one loss, or several
+            # one loss (averaged over processes), or several (a step_fn's, one process)
+            logged = ([round(v, 5) for v in loss.detach().flatten().tolist()] if loss.numel() > 1
+                      else [round(distributed.mean_loss(loss), 5)])
             shown = " ".join(f"{v:.4f}" for v in logged)
             bar.update(1)
             bar.set_postfix(loss=shown)
@@ -168,6 +173,7 @@ class Trainer:
             if self.step % config.save_every == 0 or self.step == config.steps:
                 self.save()
         bar.close()
+        distributed.barrier()  # the other processes wait for rank 0's last checkpoint
         self.model.eval()
         return self.sampling_model()
 
@@ -181,7 +187,7 @@ def clip_metrics(model, n: int = 1024, split: str = "heldout", seed: int = 12345
     from minidalle.clip import ATTRIBUTES, retrieval_accuracy, zero_shot_attributes
     from minidalle.world import make_dataset
 
-    data = make_dataset(n, split, seed=seed)
+    data = make_dataset(n, split, seed=seed, image_size=model.config.vision.image_size)
     with torch.no_grad():
         image_emb, text_emb = model.encode_image(data.images), model.encode_text(data.captions)
     batches = range(0, n, 128)
@@ -196,27 +202,50 @@ def clip_metrics(model, n: int = 1024, split: str = "heldout", seed: int = 12345
     return metrics
 
 
+def clip_batch(step: int, config: TrainConfig = CLIP_TRAIN, partial: bool = True):
+    """The batch `train_clip` trains on at `step` (fresh renders of the train split, seeded by step)."""
+    from minidalle.world import make_dataset
+
+    return make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step, partial=partial)
+
+
 def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, resume: bool = False,
                force: bool = False, progress: bool = True, eval_size: int = 512,
-               device: str | torch.device = "cpu"):
+               device: str | torch.device | None = None, model=None, partial: bool = True, data=None):
     """Train CLIP on fresh batches of the train split (full and partial captions).
 
     out: checkpoint path (e.g. minidalle.CHECKPOINT_DIR / "clip"), None to keep it in memory.
-    device: where to train ("cuda" on a GPU); the prior and decoder train where their CLIP is.
+    device: where to train ("cuda" on a GPU, "auto"; default "cpu"); the prior and decoder train where
+    their CLIP is.
+    model: a CLIP to train in place (instead of a new one from model_config), e.g. one whose
+    temperature is frozen with `model.logit_scale.requires_grad_(False)`: frozen parameters stay put.
+    partial: False trains on full captions only (True: random partial captions, as the recipe).
+    data: an ImageFolder (`minidalle.data.load_folder`) to train on instead of the world; give a
+    model_config whose tokenizer reads its captions (`minidalle.sources.clip_config_for`).
     Returns (model, trainer); trainer.history holds [step, loss] pairs.
     """
     from minidalle.clip import CLIP, CLIPConfig, save_clip
-    from minidalle.world import make_dataset
+    from minidalle.sources import folder_clip_metrics, training_batch
 
     torch.manual_seed(config.seed)
-    model = CLIP(model_config or CLIPConfig()).to(device)
+    if model is None:
+        model = CLIP(model_config or CLIPConfig()).to(distributed.resolve_device(device or "cpu"))
+    elif model_config is not None:
+        raise ValueError("give train_clip either model_config (a new CLIP) or model (one to train), not both")
+    elif not isinstance(model, CLIP):
+        raise TypeError(f"model must be a minidalle.clip.CLIP, got {type(model).__name__}")
+    elif device is not None:
+        model = model.to(distributed.resolve_device(device))
 
     def loss_fn(model, step):
-        batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step, partial=True)
-        return model(batch.images.to(model.device), batch.captions)
+        images, captions = training_batch(data, config, step, model.config.vision.image_size, partial=partial)
+        return model(images.to(model.device), captions)
+
+    def evaluate(m):  # a folder has no held-out compositions: measured on its own pairs
+        return folder_clip_metrics(m, data, eval_size) if data is not None else clip_metrics(m, eval_size)
 
     trainer = Trainer(model, loss_fn, config, "clip", save=save_clip, out=out, resume=resume, force=force,
-                      progress=progress, evaluate=lambda m: clip_metrics(m, eval_size) if eval_size else {})
+                      progress=progress, evaluate=evaluate if eval_size else None)
     return trainer.run(), trainer
 
 
@@ -229,7 +258,7 @@ def embedding_bank(clip, n: int, seed: int, split: str = "train", batch: int = 1
     """Render n scenes and encode them once with the frozen CLIP: (image embeddings (n, E), scenes)."""
     from minidalle.world import make_dataset
 
-    data = make_dataset(n, split, seed=seed)
+    data = make_dataset(n, split, seed=seed, image_size=clip.config.vision.image_size)
     with torch.no_grad():
         emb = torch.cat([clip.encode_image(data.images[i:i + batch]) for i in range(0, n, batch)])
     return emb, data.attributes
@@ -239,7 +268,7 @@ def prior_metrics(prior, clip, n: int = 512, seed: int = 54321) -> dict:
     """Mean cosine of the prior's embedding to the true image embedding, held-out compositions."""
     from minidalle.world import make_dataset
 
-    data = make_dataset(n, "heldout", seed=seed)
+    data = make_dataset(n, "heldout", seed=seed, image_size=clip.config.vision.image_size)
     with torch.no_grad():
         image, text = clip.encode_image(data.images), clip.encode_text(data.captions)
         predicted = prior.sample(text, seed=0)
@@ -248,21 +277,27 @@ def prior_metrics(prior, clip, n: int = 512, seed: int = 54321) -> dict:
 
 
 def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=None, resume: bool = False,
-                force: bool = False, progress: bool = True, bank_size: int = 20_000, eval_size: int = 256):
+                force: bool = False, progress: bool = True, bank_size: int = 20_000, eval_size: int = 256,
+                data=None):
     """Train the diffusion prior against a frozen CLIP: (random partial caption -> image embedding).
 
     Image embeddings come from a bank rendered once (images are the costly part); every step
     draws new caption variants for them, so the prior sees each image under many prompts.
+    data: an ImageFolder instead: the bank is its images, each with its own caption.
     """
     import numpy as np
 
     from minidalle.prior import DiffusionPrior, PriorConfig, save_prior
+    from minidalle.sources import folder_prior_metrics, prior_pairs
     from minidalle.world import random_caption_variant
 
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = DiffusionPrior(model_config or PriorConfig(embed_dim=clip.config.embed_dim)).to(clip.device)
-    bank, scenes = embedding_bank(clip, bank_size, seed=config.seed + 7)
+    if data is not None:
+        bank, draw = prior_pairs(clip, data, config)
+    else:
+        bank, scenes = embedding_bank(clip, bank_size, seed=config.seed + 7)
     model.set_statistics(bank)
 
     cache: dict[str, torch.Tensor] = {}  # the grammar has only a few thousand distinct captions
@@ -275,33 +310,39 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
         return torch.stack([cache[c] for c in captions])  # (B, E)
 
     def loss_fn(model, step):
-        rng = np.random.default_rng([config.seed, step])
-        index = rng.integers(len(scenes), size=config.batch_size)
+        if data is not None:
+            return model.loss(*draw(step))
+        rng = np.random.default_rng([config.seed, distributed.rank_seed(step)])
+        index = rng.integers(len(scenes), size=distributed.local_batch_size(config.batch_size))
         captions = [random_caption_variant(scenes[i], rng) for i in index]
         return model.loss(embed_text(captions), bank[torch.from_numpy(index)].to(model.device))
 
+    def evaluate(m):
+        return folder_prior_metrics(m, clip, data, eval_size) if data is not None else prior_metrics(m, clip, eval_size)
+
     trainer = Trainer(model, loss_fn, config, "prior", save=save_prior, out=out, resume=resume, force=force,
-                      progress=progress, evaluate=lambda m: prior_metrics(m, clip, eval_size) if eval_size else {})
+                      progress=progress, evaluate=evaluate if eval_size else None)
     return trainer.run(), trainer
 
 
 def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, out=None, resume: bool = False,
-                  force: bool = False, progress: bool = True):
-    """Train the decoder on fresh renders of the train split and their frozen-CLIP embeddings."""
+                  force: bool = False, progress: bool = True, data=None):
+    """Train the decoder on fresh renders of the train split (or an ImageFolder's images, `data`)
+    and their frozen-CLIP embeddings."""
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
+    from minidalle.sources import training_batch
     from minidalle.unet import UNetConfig
-    from minidalle.world import make_dataset
 
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
 
     def loss_fn(model, step):
-        batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step + 17)
+        images, _ = training_batch(data, config, step, model.config.unet.image_size, offset=17)
         with torch.no_grad():
-            embeddings = clip.encode_image(batch.images)
-        generator = torch.Generator(model.device).manual_seed(config.seed * 1_000_003 + step)
-        return model.loss(batch.images, embeddings, generator)
+            embeddings = clip.encode_image(images)
+        generator = torch.Generator(model.device).manual_seed(distributed.rank_seed(config.seed * 1_000_003 + step))
+        return model.loss(images, embeddings, generator)
 
     trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder, out=out, resume=resume, force=force,
                       progress=progress)

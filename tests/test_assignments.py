@@ -3,15 +3,19 @@
 They must be up to date, hold no solution, keep everything else, carry nbgrader metadata, and
 run (in fast mode) up to the first exercise, whose check then says "not implemented yet".
 """
+import functools
 import importlib.util
 import re
 
 import nbformat
 import pytest
+from nbgrader.preprocessors import CheckCellMetadata
+from nbgrader.utils import compute_checksum
+from nbgrader.validator import Validator
 
 from minidalle import ROOT, checks
 
-NOTEBOOKS, ASSIGNMENTS = ROOT / "notebooks", ROOT / "assignments"
+NOTEBOOKS, ASSIGNMENTS, TEACHERS = ROOT / "notebooks", ROOT / "assignments", ROOT / "docs" / "TEACHERS.md"
 spec = importlib.util.spec_from_file_location("make_assignments", ROOT / "tools" / "make_assignments.py")
 make_assignments = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_assignments)
@@ -21,6 +25,16 @@ INSTRUCTOR = sorted(p for p in NOTEBOOKS.iterdir() if make_assignments.NOTEBOOK.
 
 def read(path):
     return nbformat.read(path, as_version=4)
+
+
+@functools.lru_cache(maxsize=1)
+def built():
+    """What make_assignments generates from the notebooks (computed once)."""
+    return make_assignments.build(NOTEBOOKS)
+
+
+def student_version(name):
+    return nbformat.reads(built()[name], as_version=4)
 
 
 def solution_lines(source):
@@ -64,21 +78,41 @@ def test_check_name_finds_the_call_not_the_import():
 
 
 def test_assignments_are_up_to_date_and_deterministic(tmp_path):
-    out = tmp_path / "assignments"
-    assert make_assignments.main(["--notebooks", str(NOTEBOOKS), "--out", str(out)]) == 0
+    out, teachers = tmp_path / "assignments", tmp_path / "TEACHERS.md"
+    teachers.write_bytes(TEACHERS.read_bytes())
+    args = ["--notebooks", str(NOTEBOOKS), "--out", str(out), "--teachers", str(teachers)]
+    assert make_assignments.main(args) == 0
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert make_assignments.build(NOTEBOOKS) == {name: data.decode() for name, data in first.items()}  # same again
+    assert built() == {name: data.decode() for name, data in first.items()}  # same again
     committed = {p.name: p.read_bytes() for p in ASSIGNMENTS.iterdir()} if ASSIGNMENTS.is_dir() else {}
     stale = sorted(name for name in first.keys() | committed.keys() if first.get(name) != committed.get(name))
     assert not stale, f"assignments/ is out of date ({', '.join(stale)}): run `make assignments`"
-    assert make_assignments.main(["--notebooks", str(NOTEBOOKS), "--out", str(out), "--check"]) == 0
+    assert teachers.read_bytes() == TEACHERS.read_bytes(), "the exercise table in docs/TEACHERS.md is out of date"
+    assert make_assignments.main(args + ["--check"]) == 0
+    (out / "README.md").write_text("edited")
+    assert make_assignments.main(args + ["--check"]) == 1
+
+
+def test_the_exercise_table_lists_exactly_the_exercises_of_the_notebooks():
+    """docs/TEACHERS.md and assignments/README.md show the generated table; estimates only for real checks."""
+    table = make_assignments.exercise_table([(p.name, make_assignments.student_notebook(read(p), p.stem)[1])
+                                             for p in INSTRUCTOR])
+    assert table in TEACHERS.read_text(encoding="utf-8") and table in built()["README.md"]
+    graded = [make_assignments.check_name(c.source) for p in INSTRUCTOR for c in read(p).cells
+              if c.cell_type == "code" and make_assignments.check_name(c.source)]
+    assert all(f"`{check}`" in table for check in graded)
+    assert table.count("\n| `") == len(graded) + sum(  # one row per exercise, one per notebook without any
+        not any(is_solution(c) for c in read(p).cells) for p in INSTRUCTOR)
+    assert set(make_assignments.ESTIMATES) <= set(checks.__all__), "an estimate for a check that does not exist"
+    with pytest.raises(ValueError, match="needs the lines"):
+        make_assignments.with_table("no markers here", [])
 
 
 # ----------------------------------------------------------------------------- the student versions
 @pytest.mark.parametrize("path", INSTRUCTOR, ids=lambda p: p.stem)
 def test_no_solution_survives(path):
     instructor = read(path)
-    student = nbformat.reads(make_assignments.build(NOTEBOOKS)[path.name], as_version=4)
+    student = student_version(path.name)
     text = "\n".join(cell.source for cell in student.cells)
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
     outside = "\n".join(make_assignments.strip_solutions(cell.source)[0] for cell in instructor.cells)
@@ -91,7 +125,7 @@ def test_no_solution_survives(path):
 @pytest.mark.parametrize("path", INSTRUCTOR, ids=lambda p: p.stem)
 def test_everything_else_is_kept_and_outputs_are_cleared(path):
     instructor = read(path)
-    student = nbformat.reads(make_assignments.build(NOTEBOOKS)[path.name], as_version=4)
+    student = student_version(path.name)
     assert len(student.cells) == len(instructor.cells)
     assert student.metadata.get("kernelspec") == instructor.metadata.get("kernelspec")
     for before, after in zip(instructor.cells, student.cells):
@@ -109,7 +143,7 @@ def test_everything_else_is_kept_and_outputs_are_cleared(path):
 
 @pytest.mark.parametrize("path", INSTRUCTOR, ids=lambda p: p.stem)
 def test_nbgrader_metadata(path):
-    student = nbformat.reads(make_assignments.build(NOTEBOOKS)[path.name], as_version=4)
+    student = student_version(path.name)
     code = [cell for cell in student.cells if cell.cell_type == "code"]
     grade_ids = []
     for index, cell in enumerate(code):
@@ -129,6 +163,8 @@ def test_nbgrader_metadata(path):
             assert meta is None
             continue
         assert meta["schema_version"] == 3 and re.fullmatch(r"[A-Za-z0-9_\-]+", meta["grade_id"])
+        # nbgrader's checksum of the cell as released, so that `nbgrader validate` notices an edited check
+        assert meta["checksum"] == compute_checksum(cell) and meta["cell_type"] == cell.cell_type
         grade_ids.append(meta["grade_id"])
     assert len(grade_ids) == len(set(grade_ids))
     called = [make_assignments.check_name(cell.source) for cell in code if make_assignments.check_name(cell.source)]
@@ -139,14 +175,50 @@ def test_nbgrader_metadata(path):
 def test_instructor_notebooks_carry_the_same_nbgrader_metadata():
     """So that teachers can also run nbgrader itself on notebooks/ (it wants solution cells marked)."""
     for path in INSTRUCTOR:
-        student = nbformat.reads(make_assignments.build(NOTEBOOKS)[path.name], as_version=4)
+        student = student_version(path.name)
         for before, after in zip(read(path).cells, student.cells):
             if "nbgrader" in after.metadata:
-                assert before.metadata.get("nbgrader") == after.metadata["nbgrader"], (path.name, before.get("id"))
+                released = {k: v for k, v in after.metadata["nbgrader"].items() if k not in ("checksum", "cell_type")}
+                assert before.metadata.get("nbgrader") == released, (path.name, before.get("id"))
+
+
+@pytest.mark.parametrize("path", INSTRUCTOR, ids=lambda p: p.stem)
+def test_students_get_no_timestamps_widget_state_or_outputs(path):
+    student = student_version(path.name)
+    assert set(student.metadata) <= {"kernelspec", "language_info"}, "widget state and the like stay with the teacher"
+    for cell in student.cells:
+        assert not {"execution", "collapsed", "scrolled"} & set(cell.metadata), cell.get("id")
+        assert cell.get("outputs", []) == [] and cell.get("execution_count") is None
+    assert "widget-view" not in built()[path.name] and "widget-state" not in built()[path.name]
+
+
+def _validate_checksums(path):
+    """nbgrader validate's verdict on edited cells (its checksum test; executing the notebook adds nothing here)."""
+    return Validator(preprocessors=[CheckCellMetadata]).validate(str(path))
+
+
+def test_validate_warns_a_student_who_edits_a_check(tmp_path):
+    name = next(p.name for p in INSTRUCTOR if is_solution_notebook(p))
+    nb = read(ASSIGNMENTS / name)
+    nbformat.write(nb, tmp_path / "untouched.ipynb")
+    solution = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    solution.source += "\n# the student's work"  # editing the answer is what students do: no warning
+    nbformat.write(nb, tmp_path / "answered.ipynb")
+    check = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade"))
+    check.source = "pass  # " + check.source.replace("\n", " ")  # a check made harmless
+    nbformat.write(nb, tmp_path / "edited.ipynb")
+    assert "changed" not in _validate_checksums(tmp_path / "untouched.ipynb")
+    assert "changed" not in _validate_checksums(tmp_path / "answered.ipynb")
+    changed = _validate_checksums(tmp_path / "edited.ipynb")["changed"]
+    assert [cell["source"] for cell in changed] == [check.source.strip()]
+
+
+def is_solution_notebook(path):
+    return any(is_solution(c) for c in read(path).cells)
 
 
 def _with_exercises():
-    return [p for p in INSTRUCTOR if any(is_solution(c) for c in read(p).cells)]
+    return [p for p in INSTRUCTOR if is_solution_notebook(p)]
 
 
 @pytest.mark.parametrize("name", [p.name for p in _with_exercises()], ids=lambda n: n[:2])

@@ -317,8 +317,10 @@ def test_check_explains_a_wrong_answer(check, wrong, words, capsys):
         getattr(checks, check)(wrong)
     assert words in _flat(str(info.value))
     assert capsys.readouterr().out == ""
-    # nbgrader's validate shows the first 87 characters of each line: every line must fit
-    assert max(len(line) for line in str(info.value).split("\n")) <= 80, str(info.value)
+    # nbgrader's validate shows the first 87 characters of each line of the traceback, whose last
+    # lines read "AssertionError: <message>": every line must fit
+    shown = f"AssertionError: {info.value}"
+    assert max(len(line) for line in shown.split("\n")) <= 80, shown
 
 
 def test_an_error_in_the_students_code_keeps_its_traceback():

@@ -1,5 +1,6 @@
 """CLIP: the contrastive loss against open_clip, its closed-form minimum, a tiny overfit run,
 unit-norm embeddings, the temperature clamp, input checks and the zero-shot/retrieval helpers."""
+import dataclasses
 import math
 
 import numpy as np
@@ -190,3 +191,81 @@ def test_retrieval_accuracy_counts_duplicate_captions_by_text():
     assert retrieval_accuracy(image_emb, text_emb) == pytest.approx(1 / 3)
     assert retrieval_accuracy(image_emb, text_emb, captions) == 1.0
     assert retrieval_accuracy(image_emb, text_emb, ["a", "b", "c"]) == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- train_clip's options
+def _captions_seen(model):
+    """Record the captions of every forward call of model: (list, hook handle)."""
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(list(args[1])))
+    return seen, handle
+
+
+def test_one_train_clip_step_is_forward_backward_clip_adamw_clamp():
+    """train_clip's step, written out: clip_batch(step), loss, zero_grad, backward, gradient
+    clipping, AdamW at learning_rate(step), after_step. Same weights, same batch -> same result."""
+    from minidalle.train import clip_batch, learning_rate, train_clip
+
+    config = TrainConfig(steps=1, batch_size=6, warmup=1, eval_every=1, save_every=1)
+    # float64: AdamW's first step is about lr * sign(gradient), which float32 rounding of a gradient
+    # within ~1e-8 of zero could flip
+    ours, theirs = tiny_clip().double(), tiny_clip().double()
+    batch = clip_batch(0, config)
+    optimizer = torch.optim.AdamW(ours.parameters(), lr=learning_rate(0, config), weight_decay=config.weight_decay)
+    loss = ours(batch.images, batch.captions)  # float32 images: encode_image casts them to the model's dtype
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(ours.parameters(), config.grad_clip)
+    optimizer.step()
+    ours.after_step()
+
+    losses = []
+    theirs.register_forward_hook(lambda module, args, output: losses.append(output.detach()))
+    trained, trainer = train_clip(config=config, model=theirs, progress=False, eval_size=0)
+    assert trained is theirs and trainer.step == 1
+    torch.testing.assert_close(losses[0], loss.detach())
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_a_float64_clip_takes_float32_images():
+    model, images = tiny_clip().double(), distinct_scenes(3)[0]
+    with torch.no_grad():
+        assert model.encode_image(images).dtype == torch.float64
+        torch.testing.assert_close(model.encode_image(images), model.encode_image(images.double()), rtol=0, atol=0)
+
+
+def test_train_clip_respects_a_frozen_temperature():
+    from minidalle.train import train_clip
+
+    torch.manual_seed(0)
+    model = CLIP(dataclasses.replace(CLIPConfig.tiny(), init_temperature=1.0))
+    model.logit_scale.requires_grad_(False)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_clip(config=TrainConfig.tiny(), model=model, progress=False, eval_size=0)
+    assert model.logit_scale.item() == 0.0  # log(1 / 1.0), untouched by AdamW and its weight decay
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert "logit_scale" not in moved and len(moved) == len(before) - 1  # everything else trained
+
+
+def test_train_clip_partial_switch():
+    from minidalle.train import train_clip
+    from minidalle.world import parse_prompt
+
+    config = TrainConfig(steps=2, batch_size=16, warmup=1, eval_every=2, save_every=2)
+    for partial in (True, False):
+        model = tiny_clip()
+        seen, _ = _captions_seen(model)
+        train_clip(config=config, model=model, partial=partial, progress=False, eval_size=0)
+        captions = [c for batch in seen for c in batch]
+        assert len(seen) == 2 and len(captions) == 32
+        assert all(parse_prompt(c).is_full for c in captions) != partial  # partial=True mixes in partial captions
+
+
+def test_train_clip_rejects_a_model_and_a_config_together():
+    from minidalle.train import train_clip
+
+    with pytest.raises(ValueError, match="either model_config .* or model"):
+        train_clip(CLIPConfig.tiny(), TrainConfig.tiny(), model=tiny_clip(), progress=False, eval_size=0)
+    with pytest.raises(TypeError, match="model must be a minidalle.clip.CLIP"):
+        train_clip(config=TrainConfig.tiny(), model=torch.nn.Linear(2, 2), progress=False, eval_size=0)

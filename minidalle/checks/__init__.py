@@ -11,7 +11,7 @@ diffusion (04, 05), decoder (06, 07), evaluation (08), gan (09); _common holds t
 """
 from minidalle.checks.attention import (check_attention_weights, check_causal_mask, check_patchify,
                                         check_text_encoder_parameters)
-from minidalle.checks.clip import check_clip_loss, check_logit_scale
+from minidalle.checks.clip import check_clip_loss, check_clip_step, check_logit_scale
 from minidalle.checks.decoder import check_eps_from_x0, check_guidance, check_slerp, check_text_diff_direction
 from minidalle.checks.diffusion import check_best_of_n, check_ddim_step, check_q_sample, check_standardize
 from minidalle.checks.evaluation import check_entropy, check_rating
@@ -23,7 +23,7 @@ EXERCISES = {
     "00": ("check_caption_of", "check_count_prompts"),
     "01": ("check_attention_weights", "check_causal_mask"),
     "02": ("check_patchify", "check_text_encoder_parameters"),
-    "03": ("check_clip_loss", "check_logit_scale"),
+    "03": ("check_clip_loss", "check_logit_scale", "check_clip_step"),
     "04": ("check_q_sample", "check_ddim_step"),
     "05": ("check_standardize", "check_best_of_n"),
     "06": ("check_eps_from_x0", "check_guidance"),
@@ -36,7 +36,7 @@ __all__ = [
     "check_caption_of", "check_count_prompts",
     "check_attention_weights", "check_causal_mask",
     "check_patchify", "check_text_encoder_parameters",
-    "check_clip_loss", "check_logit_scale",
+    "check_clip_loss", "check_logit_scale", "check_clip_step",
     "check_q_sample", "check_ddim_step",
     "check_standardize", "check_best_of_n",
     "check_eps_from_x0", "check_guidance",

@@ -10,23 +10,30 @@ import torch
 
 
 LINE_WIDTH = 80  # nbgrader's validate cuts output lines at 87 characters; keep every line of a message shorter
+PREFIX = "AssertionError: "  # what the traceback puts before the message's first line
 
 
-def wrap_message(message: str, width: int = LINE_WIDTH) -> str:
-    """A check's message with every line at most `width` characters (continuations indented by 2)."""
+def wrap_message(message: str, width: int = LINE_WIDTH, prefix: str = PREFIX) -> str:
+    """A check's message with every line of `prefix + message` at most `width` characters.
+
+    Continuations are indented by 2; the first line leaves room for the prefix the traceback adds.
+    """
     lines = []
     for line in message.split("\n"):
         indent = line[: len(line) - len(line.lstrip())]
-        lines += textwrap.wrap(line, width, subsequent_indent=indent + "  ", break_long_words=False,
-                               break_on_hyphens=False) or [""]
+        lines += textwrap.wrap(line, width, initial_indent=prefix if not lines else "",
+                               subsequent_indent=indent + "  ", break_long_words=False,
+                               break_on_hyphens=False) or [prefix if not lines else ""]
+    lines[0] = lines[0][len(prefix):]
     return "\n".join(lines)
 
 
 def _isolated(check):
     """Run a check without touching the caller's random state, so the notebook stays reproducible.
 
-    Its AssertionError is re-raised with lines of at most 80 characters, so that the hint is
-    never cut off (nbgrader's validate shows only the first 87 characters of a line); the
+    Its AssertionError is re-raised with lines of at most 80 characters, counting the traceback's
+    "AssertionError: " before the first, so that the hint is never cut off (nbgrader's validate
+    shows only the first 87 characters of a line); the
     student's own error stays attached as the cause.
     """
     @functools.wraps(check)
