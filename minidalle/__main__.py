@@ -84,7 +84,7 @@ def _train(args) -> int:
                     return 2
 
                 train_gan_like_decoder(folder, out=folder / stage, resume=args.resume, force=args.force,
-                                       device=args.device, steps=args.steps)
+                                       device=args.device, steps=args.steps, threads=args.threads)
             elif stage == "clip":
                 train.train_clip(device=args.device, **_stage_options(stage, args))
             else:

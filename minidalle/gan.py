@@ -288,9 +288,11 @@ def measure_budget(clip, decoder, gan_config: GANConfig | None = None, gan_train
 
 
 def train_gan_like_decoder(folder, out=None, resume: bool = False, force: bool = False,
-                           device: str | torch.device = "cpu", steps: int | None = None, progress: bool = True):
+                           device: str | torch.device = "cpu", steps: int | None = None, progress: bool = True,
+                           threads: int | None = None):
     """`python -m minidalle train gan`: as many steps as cost the decoder's CPU seconds (measured
-    now, or kept from the run being resumed), with the judge's curve when `folder` has a judge."""
+    now on `threads`, default the decoder's, or kept from the run being resumed), with the judge's
+    curve when `folder` has a judge."""
     from pathlib import Path
 
     from minidalle.clip import load_clip
@@ -306,7 +308,7 @@ def train_gan_like_decoder(folder, out=None, resume: bool = False, force: bool =
         metrics = checkpoints.read_meta(out, "gan")["metrics"]
         steps, budget = metrics["train_config"]["steps"], metrics.get("budget")
     elif steps is None:
-        budget = measure_budget(clip, load_decoder(folder / "decoder", device))
+        budget = measure_budget(clip, load_decoder(folder / "decoder", device), threads=threads)
         steps = budget["steps"]
     judge = load_judge(folder / "judge", device) if checkpoints.paths(folder / "judge")[1].exists() else None
     return train_gan(clip, config=replace(GAN_TRAIN, steps=steps), out=out, resume=resume, force=force,
