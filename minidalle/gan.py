@@ -208,8 +208,8 @@ def gan_step(gan: GAN, optimizer: torch.optim.Optimizer, real: torch.Tensor, emb
 
 
 # ----------------------------------------------------------------------------- training
-GAN_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-4, warmup=100, weight_decay=0.0, eval_every=250,
-                        save_every=250)
+GAN_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=2e-4, warmup=100, weight_decay=0.0, eval_every=50,
+                        save_every=25)  # frequent saves: a run stopped early keeps nearly all its steps
 
 
 def train_gan(clip, model_config: GANConfig | None = None, config: TrainConfig = GAN_TRAIN, out=None,
@@ -308,7 +308,9 @@ def train_gan_like_decoder(folder, out=None, resume: bool = False, force: bool =
         metrics = checkpoints.read_meta(out, "gan")["metrics"]
         steps, budget = metrics["train_config"]["steps"], metrics.get("budget")
     elif steps is None:
-        budget = measure_budget(clip, load_decoder(folder / "decoder", device), threads=threads)
+        # a short timing (6 steps each after 1 of warm-up): on a busy machine every step takes many seconds
+        budget = measure_budget(clip, load_decoder(folder / "decoder", device), warmup=1, steps=6, rounds=1,
+                                threads=threads)
         steps = budget["steps"]
     judge = load_judge(folder / "judge", device) if checkpoints.paths(folder / "judge")[1].exists() else None
     return train_gan(clip, config=replace(GAN_TRAIN, steps=steps), out=out, resume=resume, force=force,
