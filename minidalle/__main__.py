@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                    "images + metadata.csv or metadata.jsonl with the columns file_name and text")
     t.add_argument("--preset", default="default", choices=["tiny", "default", "large"],
                    help="model sizes: tiny (tests), default (the course's 32x32), large (64x64, for a GPU)")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's; gan: as many as cost the decoder's CPU seconds, measured)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's; gan: as many as cost the decoder's CPU seconds)")
     t.add_argument("--batch-size", type=int, default=None, help="global batch size, over all processes")
     t.add_argument("--tokenizer", choices=["word", "bpe"], default=None,
                    help="CLIP's tokenizer for new captions: word (a vocabulary of the captions' words, default "
