@@ -74,11 +74,16 @@ def bench_render(folder: Path, quick: bool) -> list[dict]:
                    f"median of {repeats}", "s")]
 
 
-def bench_attention(folder: Path, quick: bool) -> list[dict]:
-    spec = importlib.util.spec_from_file_location("attention_bench", HERE / "attention.py")
+def _bench_module(name: str):
+    """benchmarks/<name>.py, loaded by path (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    r = module.bench(quick)
+    return module
+
+
+def bench_attention(folder: Path, quick: bool) -> list[dict]:
+    r = _bench_module("attention").bench(quick)
     return [figure("MultiHeadAttention ours / torch", r["mha_ratio"], "<= 1.2",
                    f"{r['mha_shape']}; ours {r['mha_ours_ms']} ms, torch {r['mha_torch_ms']} ms")]
 
@@ -184,10 +189,14 @@ def bench_judge(folder: Path, quick: bool) -> list[dict]:
     return rows
 
 
+def bench_gan(folder: Path, quick: bool) -> list[dict]:
+    need(folder, "clip", "prior", "decoder", "judge", "gan")
+    return _bench_module("gan").bench(folder, quick, figure, SEED + 5)  # notebook 09's race
+
+
+
 def bench_refinement(folder: Path, quick: bool) -> list[dict]:
-    spec = importlib.util.spec_from_file_location("refinement_bench", HERE / "refinement.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _bench_module("refinement")  # notebook 10's refinement
     note = module.missing(folder)
     if note:
         raise MissingCheckpoint(note)
@@ -197,14 +206,11 @@ def bench_refinement(folder: Path, quick: bool) -> list[dict]:
 def bench_flow(folder: Path, quick: bool) -> list[dict]:
     """Notebook 11's race: diffusion decoder (DDIM) vs flow decoder (Euler, Heun) over sampling steps."""
     need(folder, "clip", "prior", "decoder", "flow_decoder", "judge")
-    spec = importlib.util.spec_from_file_location("flow_bench", HERE / "flow.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.bench(folder, quick)
+    return _bench_module("flow").bench(folder, quick)
 
 
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge, "refinement": bench_refinement,
+            "pipeline": bench_pipeline, "judge": bench_judge, "gan": bench_gan, "refinement": bench_refinement,
             "flow": bench_flow}
 
 

@@ -82,7 +82,16 @@ def _train(args) -> int:
     stages = ["clip", "prior", "decoder"] if args.stage == "all" else [args.stage]
     with distributed.session(torch.device(args.device)):
         for stage in stages:
-            if stage == "clip":
+            if stage == "gan":  # notebook 09's baseline, not part of "all": the decoder's CPU seconds, measured
+                from minidalle.gan import train_gan_like_decoder
+
+                if distributed.world_size() > 1:  # its two-player step has no DDP path
+                    print("error: train gan runs in one process; start it without torchrun", file=sys.stderr)
+                    return 2
+
+                train_gan_like_decoder(folder, out=folder / stage, resume=args.resume, force=args.force,
+                                       device=args.device, steps=args.steps, threads=args.threads)
+            elif stage == "clip":
                 train.train_clip(device=args.device, **_stage_options(stage, args))
             else:
                 clip = load_clip(folder / "clip", args.device)
@@ -227,8 +236,9 @@ def main(argv=None) -> int:
     g.set_defaults(run=_generate)
 
     t = sub.add_parser("train", help="train a stage (or all, in order) and write its checkpoint")
-    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "flow-decoder"],
-                   help="all = clip, prior, decoder; flow-decoder = notebook 11's decoder (needs clip and decoder)")
+    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "gan", "flow-decoder"],
+                   help="all = clip, prior, decoder; gan = notebook 09's GAN; flow-decoder = notebook 11's "
+                        "decoder (both need clip and decoder)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -236,7 +246,8 @@ def main(argv=None) -> int:
                    "images + metadata.csv or metadata.jsonl with the columns file_name and text")
     t.add_argument("--preset", default="default", choices=["tiny", "default", "large"],
                    help="model sizes: tiny (tests), default (the course's 32x32), large (64x64, for a GPU)")
-    t.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    t.add_argument("--steps", type=int, default=None,
+                   help="training steps (default: the preset's; gan: as many as cost the decoder's CPU seconds)")
     t.add_argument("--batch-size", type=int, default=None, help="global batch size, over all processes")
     t.add_argument("--tokenizer", choices=["word", "bpe"], default=None,
                    help="CLIP's tokenizer for new captions: word (a vocabulary of the captions' words, default "

@@ -62,24 +62,37 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, flat: dict[str, torch.T
     optimizer.load_state_dict(state_dict)
 
 
+def ema_update(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * weights, parameter by parameter (an exponential moving average)."""
+    with torch.no_grad():
+        for ema, p in zip(ema_model.parameters(), model.parameters()):
+            ema.lerp_(p, 1 - decay)
+
+
 class Trainer:
     """Runs `loss_fn(model, step) -> scalar loss` for config.steps steps, with evaluation,
     checkpoints (`save(model, path, metrics, step)`) and resume.
 
     With config.ema, `self.ema_model` holds the averaged weights, which are what get saved.
+    A model with two players (a GAN) passes its own `optimizer` and a `step_fn(trainer, step)` that
+    makes the whole update and returns the losses to log (a tensor of one or more values); the
+    schedule, EMA, history, checkpoints and resume stay the Trainer's (one process only).
     Under torchrun the loss runs through DistributedDataParallel; rank 0 alone shows progress,
     evaluates and writes checkpoints (`minidalle.distributed`).
     """
 
-    def __init__(self, model: torch.nn.Module, loss_fn: Callable, config: TrainConfig, kind: str,
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable | None, config: TrainConfig, kind: str,
                  save: Callable | None = None, evaluate: Callable | None = None, out=None,
-                 resume: bool = False, force: bool = False, progress: bool = True):
+                 resume: bool = False, force: bool = False, progress: bool = True,
+                 optimizer: torch.optim.Optimizer | None = None, step_fn: Callable | None = None):
         self.model, self.loss_fn, self.config, self.kind = model, loss_fn, config, kind
-        self.save_fn, self.out = save, out
+        self.save_fn, self.out, self.step_fn = save, out, step_fn
         self.evaluate, self.progress = (evaluate, progress) if distributed.is_main() else (None, False)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = optimizer or torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                                        weight_decay=config.weight_decay)
         self.ema_model = copy.deepcopy(model).eval().requires_grad_(False) if config.ema else None
         self.step, self.history, self.metrics, self.seconds = 0, [], {}, 0.0
+        self.step_seconds: list[float] = []  # this session's time per step (not saved), for budget comparisons
         if out is not None:
             if resume and checkpoints.paths(out)[1].exists():
                 self._resume()
@@ -130,29 +143,34 @@ class Trainer:
             start = time.perf_counter()
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.step, config)
-            loss = self.forward(self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            self.optimizer.step()
+            if self.step_fn is not None:
+                loss = self.step_fn(self, self.step)  # the caller's own update (e.g. a GAN's two players)
+            else:
+                loss = self.forward(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+                self.optimizer.step()
             if hasattr(self.model, "after_step"):
                 self.model.after_step()
             if self.ema_model is not None:
-                with torch.no_grad():
-                    for ema, p in zip(self.ema_model.parameters(), self.model.parameters()):
-                        ema.lerp_(p, 1 - config.ema)
+                ema_update(self.ema_model, self.model, config.ema)
             self.step += 1
-            self.seconds += time.perf_counter() - start
-            loss_value = distributed.mean_loss(loss)
+            self.step_seconds.append(time.perf_counter() - start)
+            self.seconds += self.step_seconds[-1]
+            # one loss (averaged over processes), or several (a step_fn's, one process)
+            logged = ([round(v, 5) for v in loss.detach().flatten().tolist()] if loss.numel() > 1
+                      else [round(distributed.mean_loss(loss), 5)])
+            shown = " ".join(f"{v:.4f}" for v in logged)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            self.history.append([self.step, round(loss_value, 5)])
+            bar.set_postfix(loss=shown)
+            self.history.append([self.step, *logged])
             if self.evaluate is not None and (self.step % config.eval_every == 0 or self.step == config.steps):
                 self.metrics = self.evaluate(self.sampling_model())
                 self.sampling_model().eval()
                 self.model.train()
-                bar.set_postfix(loss=f"{loss_value:.4f}", **{k: f"{v:.3f}" for k, v in self.metrics.items()
-                                                               if isinstance(v, float)})
+                bar.set_postfix(loss=shown, **{k: f"{v:.3f}" for k, v in self.metrics.items()
+                                               if isinstance(v, float)})
             if self.step % config.save_every == 0 or self.step == config.steps:
                 self.save()
         bar.close()

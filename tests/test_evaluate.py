@@ -224,7 +224,8 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     results = run_bench(tmp_path, tiny_checkpoints)
     assert set(results["machine"]) >= {"cores", "torch", "torch_threads", "quick"}
     assert results["machine"]["torch_threads"] == 1
-    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge", "refinement", "flow"]
+    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge", "gan",
+                                          "refinement", "flow"]
     for name, section in results["sections"].items():
         if name == "refinement":  # needs judge_extended and a refinement made on these very checkpoints
             assert section["status"] == "skipped" and "judge_extended" in section["note"], section

@@ -54,6 +54,7 @@ ESTIMATES = {
     "check_eps_from_x0": "10", "check_guidance": "5-10",
     "check_slerp": "20", "check_text_diff_direction": "5",
     "check_rating": "20", "check_entropy": "10",
+    "check_hinge_losses": "10-15", "check_projection_logit": "10-15",
     "check_lora_forward": "10-15", "check_merge_conv": "15-20",
     "check_flow_pair": "10-15", "check_heun_step": "15",
 }
