@@ -112,7 +112,7 @@ def bench(folder, quick: bool, figure, seed: int) -> list[dict]:
     meta = checkpoints.read_meta(folder / "gan", "gan")["metrics"]
     budget = meta.get("budget") or {}
     rows.append(figure("GAN training time (s)", meta.get("train_seconds"), None,
-                       f"gan.json: {meta['train_config']['steps']} steps on {meta.get('torch_threads')} threads; "
+                       f"gan.json: {(meta.get('train_config') or {}).get('steps')} steps on {meta.get('torch_threads')} threads; "
                        f"budget {budget.get('steps')} steps = the decoder's {budget.get('decoder_steps')} at "
                        f"{budget.get('decoder_seconds_per_step')} vs {budget.get('gan_seconds_per_step')} s per step "
                        "(timed back to back)", "s"))

@@ -201,6 +201,7 @@ def tiny_checkpoints(tmp_path_factory):
     from minidalle.clip import CLIP, CLIPConfig, save_clip
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
     from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
+    from minidalle.gan import GAN, GANConfig, save_gan
     from minidalle.prior import DiffusionPrior, PriorConfig, save_prior
 
     folder = tmp_path_factory.mktemp("checkpoints")
@@ -211,6 +212,7 @@ def tiny_checkpoints(tmp_path_factory):
     save_decoder(Decoder(DecoderConfig.tiny()), folder / "decoder", metrics)
     save_judge(AttributeJudge(JudgeConfig.tiny()), folder / "judge", metrics)
     save_flow_decoder(FlowDecoder(FlowDecoderConfig.like(DecoderConfig.tiny())), folder / "flow_decoder", metrics)
+    save_gan(GAN(GANConfig.tiny()), folder / "gan", metrics)
     return folder
 
 
