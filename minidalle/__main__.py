@@ -41,6 +41,8 @@ def _train(args) -> int:
         kw = dict(out=folder / stage, resume=args.resume, force=args.force)
         if stage == "clip":
             train.train_clip(device=args.device, **kw)
+        elif stage == "decoder_text":  # the ablation of unCLIP §5.1 (notebook 08): a decoder on text embeddings
+            train.train_decoder(load_clip(folder / "clip", args.device), condition="text", **kw)
         else:
             clip = load_clip(folder / "clip", args.device)
             (train.train_prior if stage == "prior" else train.train_decoder)(clip, **kw)
@@ -81,7 +83,8 @@ def main(argv=None) -> int:
     g.set_defaults(run=_generate)
 
     t = sub.add_parser("train", help="train a stage (or all, in order) and write its checkpoint")
-    t.add_argument("stage", choices=["clip", "prior", "decoder", "all"])
+    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "decoder_text"],
+                   help="all = clip, prior, decoder; decoder_text = notebook 08's ablation decoder")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

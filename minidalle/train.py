@@ -202,6 +202,19 @@ def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, re
     return trainer.run(), trainer
 
 
+def _cached_text_encoder(clip) -> Callable:
+    """captions -> CLIP text embeddings (B, E), each distinct caption encoded once (the grammar has a few thousand)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def embed_text(captions):
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            with torch.no_grad():
+                cache.update(zip(missing, clip.encode_text(missing)))
+        return torch.stack([cache[c] for c in captions])  # (B, E)
+    return embed_text
+
+
 PRIOR_TRAIN = TrainConfig(steps=2000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
 DECODER_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
                             save_every=250)
@@ -247,14 +260,7 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
     bank, scenes = embedding_bank(clip, bank_size, seed=config.seed + 7)
     model.set_statistics(bank)
 
-    cache: dict[str, torch.Tensor] = {}  # the grammar has only a few thousand distinct captions
-
-    def embed_text(captions):
-        missing = [c for c in dict.fromkeys(captions) if c not in cache]
-        if missing:
-            with torch.no_grad():
-                cache.update(zip(missing, clip.encode_text(missing)))
-        return torch.stack([cache[c] for c in captions])  # (B, E)
+    embed_text = _cached_text_encoder(clip)
 
     def loss_fn(model, step):
         rng = np.random.default_rng([config.seed, step])
@@ -268,23 +274,37 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
 
 
 def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, out=None, resume: bool = False,
-                  force: bool = False, progress: bool = True):
-    """Train the decoder on fresh renders of the train split and their frozen-CLIP embeddings."""
+                  force: bool = False, progress: bool = True, condition: str = "image"):
+    """Train the decoder on fresh renders of the train split and their frozen-CLIP embeddings.
+
+    condition="text" trains the ablation of unCLIP §5.1 instead: the same renders, each paired
+    with the CLIP *text* embedding of a random full or partial caption of it (no prior needed).
+    """
+    import numpy as np
+
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
     from minidalle.unet import UNetConfig
-    from minidalle.world import make_dataset
+    from minidalle.world import make_dataset, random_caption_variant
 
+    if condition not in ("image", "text"):
+        raise ValueError(f"condition must be 'image' or 'text', not {condition!r}")
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
+    embed_text = _cached_text_encoder(clip)
 
     def loss_fn(model, step):
         batch = make_dataset(config.batch_size, "train", seed=config.seed * 1_000_003 + step + 17)
-        with torch.no_grad():
-            embeddings = clip.encode_image(batch.images)
+        if condition == "text":  # a caption drawn per render, as CLIP and the prior were trained
+            rng = np.random.default_rng([config.seed, step])
+            embeddings = embed_text([random_caption_variant(a, rng) for a in batch.attributes])
+        else:
+            with torch.no_grad():
+                embeddings = clip.encode_image(batch.images)
         generator = torch.Generator(model.device).manual_seed(config.seed * 1_000_003 + step)
         return model.loss(batch.images, embeddings, generator)
 
     trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder, out=out, resume=resume, force=force,
                       progress=progress)
+    trainer.metrics = {"condition": condition}  # saved with the checkpoint (the decoder has no evaluation)
     return trainer.run(), trainer
