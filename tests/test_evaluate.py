@@ -194,6 +194,21 @@ def test_rater_writes_csv_appends_and_reads_back(tmp_path):
         Rater(images, prompts, tmp_path / "new.csv").rate(6)
 
 
+def test_rater_displays_as_a_widget_with_a_readable_text_fallback(tmp_path):
+    """Outside JupyterLab (GitHub, nbval) a notebook shows text/plain: one line, not the widget's PNG bytes."""
+    images, prompts = make_dataset(2, seed=4).images, ["a red circle", "a square"]
+    rater = Rater(images, prompts, tmp_path / "you.csv")
+    bundle = rater._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    text = bundle["text/plain"]
+    assert "PNG" not in text and "\\x" not in text and "\n" not in text
+    assert text == "Rater: image 1 of 2, 'a red circle'; 0 of 2 rated, into you.csv. " \
+                   "The image and its rating buttons show in JupyterLab."
+    rater.rate(4)
+    rater.rate(5)
+    assert rater._repr_mimebundle_()["text/plain"] == "Rater: done, 2 of 2 rated, into you.csv"
+
+
 # ----------------------------------------------------------------------------- benchmarks
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
