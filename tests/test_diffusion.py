@@ -183,7 +183,8 @@ def test_samplers_reproducible_and_callback():
 def test_ddim_invert_step_closed_form_and_round_trip():
     schedule = D.make_schedule("cosine", 100)
     g = torch.Generator().manual_seed(0)
-    x_s, eps = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64), torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
+    x_s = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
     for s, t in [(-1, 0), (0, 20), (40, 99), (torch.tensor([-1, 3, 50, 98]), torch.tensor([5, 4, 70, 99]))]:
         x_t = D.ddim_invert_step(schedule, x_s, eps, s, t)
         a_s = D._alpha_bar(schedule, s if torch.is_tensor(s) else torch.full((4,), s), x_s)
