@@ -237,13 +237,17 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     results = run_bench(tmp_path, tiny_checkpoints)
     assert set(results["machine"]) >= {"cores", "torch", "torch_threads", "quick"}
     assert results["machine"]["torch_threads"] == 1
-    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge"]
+    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "inversion", "judge"]
     for name, section in results["sections"].items():
         assert section["status"] == "ok", (name, section)
         for row in section["figures"]:
             assert set(row) >= {"figure", "value", "target", "pass", "how"}
+    pipeline = {row["figure"]: row for row in results["sections"]["pipeline"]["figures"]}
+    lo, hi = pipeline["text->image seen all right"]["interval"]  # accuracies carry their 95 % Wilson interval
+    assert 0 <= lo <= pipeline["text->image seen all right"]["value"] <= hi <= 1
     markdown = (tmp_path / "results.md").read_text()
     assert "| section | figure | value | target | result | how it was measured |" in markdown
+    assert f"[{lo:.3f}, {hi:.3f}]" in markdown and "inversion round trip" in markdown
     assert "judge training time" in markdown and "torch" in markdown
 
 
