@@ -77,7 +77,8 @@ class UnCLIP:
         """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E).
 
         x_T (N, 3, 32, 32): the starting noise (default: drawn from the seed); eta > 0 adds fresh
-        noise at every DDIM step (the seed draws it)."""
+        noise at every DDIM step (the seed draws it).
+        """
         return self.decoder.sample(embeddings, seed=seed, guidance=guidance, steps=steps, progress=progress,
                                    eta=eta, x_T=x_T)
 
