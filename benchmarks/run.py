@@ -1,8 +1,9 @@
 """The course's benchmark: every figure it promises, measured, against its target.
 
 Usage: `python benchmarks/run.py [--quick] [--out DIR] [--checkpoints DIR] [--threads N]`.
-Writes DIR/results.json and DIR/results.md (default DIR: benchmarks/). Each section is one
-function; a section whose checkpoint is not there yet is skipped with a note, not a crash.
+Writes DIR/results.json and DIR/results.md (default DIR: benchmarks/); a figure that is a sample
+(an accuracy, a mean) carries its 95 % interval. Each section is one function; a section whose
+checkpoint is not there yet is skipped with a note, not a crash.
 --quick uses small sizes (128 instead of 2,048 / 512, fewer repeats): under a minute.
 """
 from __future__ import annotations
@@ -42,13 +43,17 @@ def need(folder: Path, *names: str) -> None:
                 raise MissingCheckpoint(f"missing checkpoint {path.name} ({stage})")
 
 
-def figure(name: str, value, target: str | None, how: str, unit: str = "") -> dict:
-    """One row: value, a target like '>= 0.99' or '<= 2' (None: reported only), pass/fail."""
+def figure(name: str, value, target: str | None, how: str, unit: str = "", interval=None) -> dict:
+    """One row: value, a target like '>= 0.99' or '<= 2' (None: reported only), pass/fail, and
+    optionally its 95 % interval (lo, hi), which the Markdown table shows next to the value."""
     passed = None
     if target is not None and value is not None:
         op, threshold = target.split()
         passed = bool(value >= float(threshold) if op == ">=" else value <= float(threshold))
-    return {"figure": name, "value": value, "target": target, "pass": passed, "how": how, "unit": unit}
+    row = {"figure": name, "value": value, "target": target, "pass": passed, "how": how, "unit": unit}
+    if interval is not None:
+        row["interval"] = [float(interval[0]), float(interval[1])]
+    return row
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -157,11 +162,14 @@ def bench_pipeline(folder: Path, quick: bool) -> list[dict]:
     r = evaluate_pipeline(pipe, n=n, seed=0, judge=load_judge(folder / "judge"))
     how = f"{n} fresh full prompts ({n // 2} {{group}}), pipe.generate(seed=0) with default settings, the judge"
     rows = []
+    wilson = "; [..] 95 % Wilson interval"
     for group, high in (("seen", ">= 0.95"), ("heldout", ">= 0.85")):
         for name in ("shape", "color", "striped", "color2", "size", "position"):
             target = {"striped": ">= 0.90", "color2": None}.get(name, high)
-            rows.append(figure(f"text->image {group} {name}", r[f"{group}_{name}"], target, how.format(group=group)))
-        rows.append(figure(f"text->image {group} all right", r[f"{group}_all"], None, how.format(group=group)))
+            rows.append(figure(f"text->image {group} {name}", r[f"{group}_{name}"], target,
+                               how.format(group=group) + wilson, interval=r[f"{group}_{name}_ci"]))
+        rows.append(figure(f"text->image {group} all right", r[f"{group}_all"], None, how.format(group=group) + wilson,
+                           interval=r[f"{group}_all_ci"]))
         rows.append(figure(f"text->image {group} mean rating 1-5", r[f"{group}_rating"], None, "rating_1_to_5 rubric"))
     rows.append(figure("CLIP score generated / real", r["clip_score"], None,
                        f"100 * mean max(cos, 0); real renders: {r['clip_score_real']:.1f}"))
@@ -175,6 +183,37 @@ def bench_pipeline(folder: Path, quick: bool) -> list[dict]:
     total = sum(train_seconds(folder, name) or float("nan") for name in ("clip", "prior", "decoder"))
     rows.append(figure("training time, 3 stages (s)", total, "<= 1800", "sum of train_seconds in the JSONs", "s"))
     return rows
+
+
+@torch.no_grad()
+def bench_inversion(folder: Path, quick: bool) -> list[dict]:
+    """DDIM inversion (unCLIP §3.1): decoder.invert, then sample from that x_T at eta = 0."""
+    need(folder, "clip", "decoder")
+    from minidalle.clip import load_clip
+    from minidalle.decoder import load_decoder
+    from minidalle.evaluate import bootstrap_interval
+
+    n = 8 if quick else 32
+    clip, decoder = load_clip(folder / "clip"), load_decoder(folder / "decoder")
+    renders = make_dataset(n, "train", seed=SEED + 5).images
+    z = clip.encode_image(renders)
+    drawn = decoder.sample(z, seed=1)  # images the decoder can draw
+    z_drawn = clip.encode_image(drawn)
+
+    def error(a, b):  # (n,) mean |pixel difference| per image, pixels in [0, 1]
+        return (a - b).abs().mean(dim=(1, 2, 3)).numpy()
+
+    own = error(decoder.sample(z_drawn, x_T=decoder.invert(drawn, z_drawn)), drawn)
+    real = error(decoder.sample(z, x_T=decoder.invert(renders, z)), renders)
+    fresh = error(decoder.sample(z, seed=0), renders)
+    how = (f"{n} images, decoder.invert then sample(x_T=..., eta=0) with the default guidance and steps; "
+           "mean |pixel difference|, 95 % bootstrap interval")
+    return [figure("inversion round trip, the decoder's own images", float(own.mean()), "<= 0.005", how,
+                   interval=bootstrap_interval(own)),
+            figure("inversion round trip, real renders", float(real.mean()), None,
+                   f"{how}; a plain decode from fresh noise: {fresh.mean():.4f}", interval=bootstrap_interval(real)),
+            figure("inversion minus fresh-noise error, real renders", float((real - fresh).mean()), "<= 0",
+                   "paired per render, 95 % bootstrap interval", interval=bootstrap_interval(real - fresh))]
 
 
 def bench_judge(folder: Path, quick: bool) -> list[dict]:
@@ -210,8 +249,8 @@ def bench_flow(folder: Path, quick: bool) -> list[dict]:
 
 
 SECTIONS = {"render": bench_render, "attention": bench_attention, "clip": bench_clip, "prior": bench_prior,
-            "pipeline": bench_pipeline, "judge": bench_judge, "gan": bench_gan, "refinement": bench_refinement,
-            "flow": bench_flow}
+            "pipeline": bench_pipeline, "inversion": bench_inversion, "judge": bench_judge, "gan": bench_gan,
+            "refinement": bench_refinement, "flow": bench_flow}
 
 
 # ----------------------------------------------------------------------------- report
@@ -234,7 +273,10 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | — | — | — | {section['status']} | {section['note']} |")
         for row in section.get("figures", []):
             verdict = {True: "pass", False: "**fail**", None: "—"}[row["pass"]]
-            lines.append(f"| {name} | {row['figure']} | {_cell(row['value'], row['unit'])} | {row['target'] or '—'} "
+            value = _cell(row["value"], row["unit"])
+            if row.get("interval"):
+                value += " [{:.3f}, {:.3f}]".format(*row["interval"])
+            lines.append(f"| {name} | {row['figure']} | {value} | {row['target'] or '—'} "
                          f"| {verdict} | {row['how']} |")
     gpu = HERE / "gpu_results.json"
     if gpu.exists():  # recorded by benchmarks/gpu.py on a machine with a GPU; not re-measured here

@@ -45,14 +45,17 @@ def _stage_options(stage: str, args, clip=None) -> dict:
     from minidalle.world import all_scenes, caption
 
     preset, out = get_preset(args.preset), Path(args.checkpoints) / stage
+    kind = "decoder" if stage == "decoder_text" else stage  # decoder_text: the decoder's recipe, text embeddings
     changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
-    kw = dict(config=dataclasses.replace(getattr(preset, f"{stage}_train"), **changes), out=out,
+    kw = dict(config=dataclasses.replace(getattr(preset, f"{kind}_train"), **changes), out=out,
               resume=args.resume, force=args.force)
+    if stage == "decoder_text":
+        kw["condition"] = "text"
     if stage != "clip":
         kw["model_config"] = preset.prior_for(clip) if stage == "prior" else preset.decoder_for(clip)
-        if args.data:  # the prior reads the captions with its CLIP's tokenizer: check them all now
+        if args.data:  # what reads captions reads them with its CLIP's tokenizer: check them all now
             kw["data"] = load_folder(args.data, clip.config.vision.image_size,
-                                     clip.tokenizer if stage == "prior" else None)
+                                     clip.tokenizer if stage in ("prior", "decoder_text") else None)
         return kw
     config, saved = preset.clip or CLIPConfig(), args.resume and checkpoints.paths(out)[1].exists()
     if saved:  # the saved vocabulary, not one rebuilt from captions that may have changed
@@ -93,7 +96,7 @@ def _train(args) -> int:
                                        device=args.device, steps=args.steps, threads=args.threads)
             elif stage == "clip":
                 train.train_clip(device=args.device, **_stage_options(stage, args))
-            else:
+            else:  # prior, decoder, or decoder_text (the ablation of unCLIP §5.1, notebook 08)
                 clip = load_clip(folder / "clip", args.device)
                 (train.train_prior if stage == "prior" else train.train_decoder)(
                     clip, **_stage_options(stage, args, clip))
@@ -236,9 +239,10 @@ def main(argv=None) -> int:
     g.set_defaults(run=_generate)
 
     t = sub.add_parser("train", help="train a stage (or all, in order) and write its checkpoint")
-    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "gan", "flow-decoder"],
-                   help="all = clip, prior, decoder; gan = notebook 09's GAN; flow-decoder = notebook 11's "
-                        "decoder (both need clip and decoder)")
+    t.add_argument("stage", choices=["clip", "prior", "decoder", "all", "decoder_text", "gan", "flow-decoder"],
+                   help="all = clip, prior, decoder; decoder_text = notebook 08's ablation decoder (on CLIP "
+                        "text embeddings); gan = notebook 09's GAN; flow-decoder = notebook 11's decoder "
+                        "(both need clip and decoder)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint's saved state")
     t.add_argument("--force", action="store_true", help="overwrite existing checkpoints")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

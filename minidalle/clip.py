@@ -193,17 +193,24 @@ def zero_shot_attributes(model: CLIP, images: torch.Tensor, batch_size: int = 51
     Returns {"shape": [...], "color": [...], "striped": [...], "color2": [...], "size": [...],
     "position": [...]}, one entry per image (color2 is None for solid).
     """
+    embeddings = [model.encode_image(images[start:start + batch_size]) for start in range(0, len(images), batch_size)]
+    return zero_shot_attributes_of_embeddings(model, torch.cat(embeddings) if embeddings else images.new_zeros(0, 0))
+
+
+@torch.no_grad()
+def zero_shot_attributes_of_embeddings(model: CLIP, embeddings: torch.Tensor) -> dict[str, list]:
+    """zero_shot_attributes for image-like embeddings (N, E), e.g. the prior's samples, which have no image."""
     scenes = all_scenes()
     text_emb = model.encode_text([caption(s) for s in scenes])  # (K, E)
-    scale = model.clamped_scale()
     out: dict[str, list] = {name: [] for name in ATTRIBUTES}
-    for start in range(0, len(images), batch_size):
-        probs = (scale * model.encode_image(images[start:start + batch_size]) @ text_emb.T).softmax(dim=1)  # (B, K)
-        for name in ATTRIBUTES:
-            values = sorted({getattr(s, name) for s in scenes}, key=str)
-            one_hot = torch.tensor([[getattr(s, name) == v for v in values] for s in scenes],
-                                   dtype=probs.dtype, device=probs.device)  # (K, V)
-            out[name] += [values[i] for i in (probs @ one_hot).argmax(dim=1).tolist()]
+    if len(embeddings) == 0:
+        return out
+    probs = (model.clamped_scale() * embeddings.to(text_emb) @ text_emb.T).softmax(dim=1)  # (N, K)
+    for name in ATTRIBUTES:
+        values = sorted({getattr(s, name) for s in scenes}, key=str)
+        one_hot = torch.tensor([[getattr(s, name) == v for v in values] for s in scenes],
+                               dtype=probs.dtype, device=probs.device)  # (K, V)
+        out[name] = [values[i] for i in (probs @ one_hot).argmax(dim=1).tolist()]
     return out
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidalle import checkpoints
-from minidalle.diffusion import PREDICTIONS, ddim_sample, make_schedule, q_sample, training_target
+from minidalle.diffusion import PREDICTIONS, ddim_invert, ddim_sample, make_schedule, q_sample, training_target
 from minidalle.unet import UNet, UNetConfig
 
 
@@ -95,6 +95,27 @@ class Decoder(nn.Module):
                         self.schedule, steps, generator, eta, prediction=self.config.prediction, clip_x0=True,
                         x_T=x_T, callback=callback, progress=progress)
         return ((x + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, embeddings: torch.Tensor, guidance: float | None = None,
+               steps: int | None = None, progress: bool = False) -> torch.Tensor:
+        """images (B, 3, S, S) in [0, 1], embeddings (B, E) -> x_T (B, 3, S, S) by DDIM inversion (unCLIP §3.1).
+
+        sample(embeddings, x_T=x_T, eta=0) with the same guidance and steps draws the images back.
+        """
+        self._check_embeddings(embeddings)
+        size = self.config.unet.image_size
+        if not torch.is_tensor(images) or images.shape[1:] != (3, size, size) or len(images) != len(embeddings):
+            shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+            raise ValueError(f"expected {len(embeddings)} images of shape (N, 3, {size}, {size}), got {shape}")
+        guidance = self.config.guidance if guidance is None else guidance
+        steps = self.config.steps if steps is None else steps
+        if not 1 <= steps <= self.config.T:
+            raise ValueError(f"steps must be between 1 and {self.config.T}, got {steps}")
+        embeddings = embeddings.to(self.device, torch.float32)
+        x0 = images.to(self.device, torch.float32) * 2 - 1  # the model works in [-1, 1]
+        return ddim_invert(lambda x_t, t: self.guided(x_t, t, embeddings, guidance), x0, self.schedule, steps,
+                           prediction=self.config.prediction, clip_x0=True, progress=progress)
 
 
 def build(config: DecoderConfig) -> Decoder:

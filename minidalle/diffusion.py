@@ -218,6 +218,21 @@ def ddim_step(schedule: Schedule, x_t: Tensor, eps: Tensor, t: Timestep, t_prev:
     return x_prev
 
 
+def ddim_invert_step(schedule: Schedule, x_s: Tensor, eps: Tensor, s: Timestep, t: Timestep) -> Tensor:
+    """x_t from x_s, one deterministic DDIM step *up* (s < t; s = -1 is clean data). Shapes (B, ...).
+
+    The exact inverse of ddim_step(eta=0) for the same eps: eq. 12 solved for x_t, so that
+    ddim_step(schedule, ddim_invert_step(schedule, x_s, eps, s, t), eps, t, s) == x_s.
+    """
+    s = _timestep_tensor(s, x_s, schedule.T, "s", lowest=-1)
+    t = _timestep_tensor(t, x_s, schedule.T, "t")
+    if (s >= t).any():
+        raise ValueError("ddim_invert_step goes up: s must be smaller than t")
+    alpha_bar_s, alpha_bar_t = _alpha_bar(schedule, s, x_s, "s"), _alpha_bar(schedule, t, x_s)
+    x0_pred = (x_s - (1 - alpha_bar_s).sqrt() * eps) / alpha_bar_s.sqrt()  # eq. 12's "predicted x0", from x_s
+    return alpha_bar_t.sqrt() * x0_pred + (1 - alpha_bar_t).sqrt() * eps  # eq. 4 at level t, same x0 and eps
+
+
 # ----------------------------------------------------------------------------- samplers
 ModelFn = Callable[[Tensor, Tensor], Tensor]  # (x_t (B, ...), t (B,) long) -> eps, x0 or v (B, ...)
 Callback = Callable[[int, Tensor, Tensor], None]  # (t, x_t, x0_pred) once per step
@@ -281,4 +296,24 @@ def ddim_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, s
             callback(t, x, x0)
         noise = _noise_like(x, generator) if eta > 0 else None
         x = ddim_step(schedule, x, eps, t, t_prev, eta, noise, x0_pred=x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(model_fn: ModelFn, x0: Tensor, schedule: Schedule, steps: int, *, prediction: str = "eps",
+                clip_x0: bool = False, progress: bool = False) -> Tensor:
+    """DDIM inversion (Song et al. 2021, sec. 4.3; Dhariwal & Nichol 2021, app. F): clean x0 (B, ...) -> x_T.
+
+    Runs ddim_sample's timesteps backwards, from clean data up to T-1, so that ddim_sample with
+    eta = 0, the same model_fn and steps, started from the returned x_T, draws x0 back. Each step
+    up reads the model at (x_s, t), in place of the unknown (x_t, t) the step down will read: its
+    eps is kept and x0 follows from x_s (ddim_invert_step), exact in the limit of small steps.
+    """
+    _check_prediction(prediction)
+    ts = timesteps(steps, schedule.T).flip(0).tolist()  # ascending: 0, ..., T-1
+    x = x0.clone()
+    for s, t in tqdm(list(zip([-1] + ts[:-1], ts)), disable=not progress, desc="DDIM inversion"):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        _, eps = x0_and_eps(schedule, x, t_batch, model_fn(x, t_batch), prediction, clip_x0)
+        x = ddim_invert_step(schedule, x, eps, s, t)
     return x

@@ -1,7 +1,7 @@
 """UnCLIP: prompt -> CLIP text embedding -> prior -> CLIP image embedding -> decoder -> image.
 
-Ramesh et al. 2022. Also the manipulations of the paper's §3: variations (§3.1),
-interpolations (§3.2) and text diffs (§3.3). Shape legend: N images, E embedding width.
+Ramesh et al. 2022. Also the manipulations of the paper's §3: DDIM inversion and variations
+(§3.1), interpolations (§3.2) and text diffs (§3.3). Shape legend: N images, E embedding width.
 """
 from __future__ import annotations
 
@@ -87,10 +87,25 @@ class UnCLIP:
 
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor, seed: int = 0, guidance: float | None = None,
-               steps: int | None = None, progress: bool = False) -> torch.Tensor:
+               steps: int | None = None, progress: bool = False, eta: float = 0.0,
+               x_T: torch.Tensor | None = None) -> torch.Tensor:
         """Images (N, 3, 32, 32) in [0, 1] drawn by the decoder from image embeddings (N, E): by DDIM
-        for a diffusion decoder, by its ODE sampler (config.method) for a flow decoder."""
-        return self.decoder.sample(embeddings, seed=seed, guidance=guidance, steps=steps, progress=progress)
+        for a diffusion decoder, by its ODE sampler (config.method) for a flow decoder.
+
+        x_T (N, 3, 32, 32): the starting noise (default: drawn from the seed); eta > 0 adds fresh
+        noise at every DDIM step (the seed draws it).
+        """
+        return self.decoder.sample(embeddings, seed=seed, guidance=guidance, steps=steps, progress=progress,
+                                   eta=eta, x_T=x_T)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor, guidance: float | None = None, steps: int | None = None) -> torch.Tensor:
+        """x_T (N, 3, 32, 32) of images (N, 3, 32, 32) by DDIM inversion with the decoder (§3.1).
+
+        The paper's bipartite latent is (image_embedding(images), x_T): decode(image_embedding(images),
+        x_T=invert(images)) with eta = 0 and the same guidance and steps draws the images back.
+        """
+        return self.decoder.invert(images, self.image_embedding(images), guidance=guidance, steps=steps)
 
     # -------------------------------------------------------------- what users call
     @torch.no_grad()
@@ -101,10 +116,16 @@ class UnCLIP:
                            guidance=guidance, steps=steps)
 
     @torch.no_grad()
-    def variations(self, images: torch.Tensor, seed: int = 0, guidance: float | None = None,
+    def variations(self, images: torch.Tensor, seed: int = 0, eta: float = 1.0, guidance: float | None = None,
                    steps: int | None = None) -> torch.Tensor:
-        """Images that share an image's CLIP embedding: encode, then decode with new noise (§3.1)."""
-        return self.decode(self.image_embedding(images), seed=seed, guidance=guidance, steps=steps)
+        """Variations of images (N, 3, 32, 32) as in §3.1: invert each to (z, x_T), decode with DDIM's eta.
+
+        eta sets how far they vary: 0 draws the images back, larger values add more fresh noise
+        (drawn from the seed) on the way down; what z pins down stays.
+        """
+        embeddings = self.image_embedding(images)
+        x_T = self.decoder.invert(images, embeddings, guidance=guidance, steps=steps)
+        return self.decode(embeddings, seed=seed, guidance=guidance, steps=steps, eta=eta, x_T=x_T)
 
     def _embed(self, item, seed: int) -> torch.Tensor:
         if isinstance(item, str):
@@ -139,9 +160,16 @@ class UnCLIP:
     def text_diff(self, image: torch.Tensor, from_text: str, to_text: str, amount: float = 0.5, seed: int = 0,
                   guidance: float | None = None) -> torch.Tensor:
         """Edit an image by a text difference (§3.3): move its embedding along
-        normalize(text(to) - text(from)) by slerp with weight `amount`; returns (1, 3, 32, 32)."""
+        normalize(text(to) - text(from)) by slerp with weight `amount`; returns (1, 3, 32, 32).
+
+        An image is decoded from its own DDIM-inverted x_T (eta = 0), so amount = 0 gives it back;
+        a prompt (str) instead of an image starts from the prior's embedding and the seed's noise.
+        """
         z_image = self._embed(image, seed)
         text = self.text_embedding([from_text, to_text])
         direction = F.normalize(text[1] - text[0], dim=-1)
         edited = slerp(z_image[None], direction[None], amount)  # (1, E)
-        return self._decode_same_noise(edited, seed, guidance)
+        if isinstance(image, str):
+            return self._decode_same_noise(edited, seed, guidance)
+        x_T = self.decoder.invert(image.reshape(1, *image.shape[-3:]), z_image[None], guidance=guidance)
+        return self.decoder.sample(edited, seed=seed, guidance=guidance, x_T=x_T)

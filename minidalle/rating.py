@@ -53,7 +53,7 @@ class Rater:
     """Rate images 1-5 by hand in a notebook: one image at a time, five buttons, one CSV row per click.
 
     An existing file is appended to (rating resumes at the first unrated image), never
-    overwritten; if_exists="refuse" raises FileExistsError instead. `display(rater.widget)`.
+    overwritten; if_exists="refuse" raises FileExistsError instead. `display(rater)` shows it.
     """
 
     def __init__(self, images: torch.Tensor, prompts: Sequence[str], path, if_exists: str = "append"):
@@ -81,6 +81,19 @@ class Rater:
             button.on_click(lambda _button, rating=rating: self.rate(rating))
         self.widget = widgets.VBox([self.label, self.picture, widgets.HBox(self.buttons)])
         self._show()
+
+    def __repr__(self) -> str:
+        where = f"{len(self.ratings)} of {len(self.prompts)} rated, into {self.path.name}"
+        if self.done:
+            return f"Rater: done, {where}"
+        return (f"Rater: image {self.index + 1} of {len(self.prompts)}, {self.prompts[self.index]!r}; {where}. "
+                "The image and its rating buttons show in JupyterLab.")
+
+    def _repr_mimebundle_(self, **kwargs) -> dict:
+        """display(rater): the widget in JupyterLab; elsewhere (GitHub, a terminal) one line of text, not PNG bytes."""
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["text/plain"] = repr(self)
+        return bundle
 
     @property
     def done(self) -> bool:

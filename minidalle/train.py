@@ -250,6 +250,19 @@ def train_clip(model_config=None, config: TrainConfig = CLIP_TRAIN, out=None, re
     return trainer.run(), trainer
 
 
+def _cached_text_encoder(clip) -> Callable:
+    """captions -> CLIP text embeddings (B, E), each distinct caption encoded once (the grammar has a few thousand)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def embed_text(captions):
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            with torch.no_grad():
+                cache.update(zip(missing, clip.encode_text(missing)))
+        return torch.stack([cache[c] for c in captions])  # (B, E)
+    return embed_text
+
+
 PRIOR_TRAIN = TrainConfig(steps=2000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
 DECODER_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
                             save_every=250)
@@ -301,14 +314,7 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
         bank, scenes = embedding_bank(clip, bank_size, seed=config.seed + 7)
     model.set_statistics(bank)
 
-    cache: dict[str, torch.Tensor] = {}  # the grammar has only a few thousand distinct captions
-
-    def embed_text(captions):
-        missing = [c for c in dict.fromkeys(captions) if c not in cache]
-        if missing:
-            with torch.no_grad():
-                cache.update(zip(missing, clip.encode_text(missing)))
-        return torch.stack([cache[c] for c in captions])  # (B, E)
+    embed_text = _cached_text_encoder(clip)
 
     def loss_fn(model, step):
         if data is not None:
@@ -327,18 +333,25 @@ def train_prior(clip, model_config=None, config: TrainConfig = PRIOR_TRAIN, out=
 
 
 def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, out=None, resume: bool = False,
-                  force: bool = False, progress: bool = True, data=None):
+                  force: bool = False, progress: bool = True, data=None, condition: str = "image"):
     """Train the decoder on fresh renders of the train split (or an ImageFolder's images, `data`)
-    and their frozen-CLIP embeddings."""
+    and their frozen-CLIP embeddings.
+
+    condition="text" trains the ablation of unCLIP §5.1 instead: the same renders, each paired
+    with the CLIP *text* embedding of a random full or partial caption of it (no prior needed);
+    with `data`, the folder's own captions.
+    """
     from minidalle.decoder import Decoder, DecoderConfig, save_decoder
     from minidalle.unet import UNetConfig
 
+    if condition not in ("image", "text"):
+        raise ValueError(f"condition must be 'image' or 'text', not {condition!r}")
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
-
-    trainer = Trainer(model, decoder_loss(clip, config, data), config, "decoder", save=save_decoder, out=out,
-                      resume=resume, force=force, progress=progress)
+    trainer = Trainer(model, decoder_loss(clip, config, data, condition), config, "decoder", save=save_decoder,
+                      out=out, resume=resume, force=force, progress=progress)
+    trainer.metrics = {"condition": condition}  # saved with the checkpoint (the decoder has no evaluation)
     return trainer.run(), trainer
 
 
@@ -350,18 +363,32 @@ def recorded_config(metrics: dict, default: TrainConfig) -> TrainConfig:
                           for f in dataclasses.fields(TrainConfig)})
 
 
-def decoder_loss(clip, config: TrainConfig, data=None):
+def decoder_loss(clip, config: TrainConfig, data=None, condition: str = "image"):
     """loss_fn(model, step) of the decoder's data stream, for any model with `loss(images, embeddings,
     generator)`: the same renders (or `data`'s images), CLIP embeddings and noise seeds at every step,
-    so that the diffusion and the flow decoder see the same batches (notebook 11's race)."""
+    so that the diffusion and the flow decoder see the same batches (notebook 11's race).
+
+    condition="text": each image is paired with the CLIP text embedding of a caption instead (for
+    renders, a random full or partial caption variant of its scene; notebook 08's ablation)."""
+    import numpy as np
+
     from minidalle.sources import training_batch
+    from minidalle.world import make_dataset, random_caption_variant
+
+    embed_text = _cached_text_encoder(clip) if condition == "text" else None
 
     def loss_fn(model, step):
-        images, _ = training_batch(data, config, step, model.config.unet.image_size, offset=17)
-        with torch.no_grad():
-            embeddings = clip.encode_image(images)
-        generator = torch.Generator(model.device).manual_seed(distributed.rank_seed(config.seed * 1_000_003 + step))
-        return model.loss(images, embeddings, generator)
+        seed = distributed.rank_seed(config.seed * 1_000_003 + step)
+        if condition == "text" and data is None:  # a caption drawn per render, as CLIP and the prior were trained
+            batch = make_dataset(distributed.local_batch_size(config.batch_size), "train", seed=seed + 17,
+                                 image_size=model.config.unet.image_size)
+            rng = np.random.default_rng([config.seed, distributed.rank_seed(step)])
+            images, embeddings = batch.images, embed_text([random_caption_variant(a, rng) for a in batch.attributes])
+        else:
+            images, captions = training_batch(data, config, step, model.config.unet.image_size, offset=17)
+            with torch.no_grad():
+                embeddings = embed_text(captions) if condition == "text" else clip.encode_image(images)
+        return model.loss(images, embeddings, torch.Generator(model.device).manual_seed(seed))
     return loss_fn
 
 

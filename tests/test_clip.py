@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minidalle.clip import (ATTRIBUTES, CLIP, MAX_LOGIT_SCALE, CLIPConfig, contrastive_loss, retrieval_accuracy,
-                            zero_shot_attributes, zero_shot_classify)
+                            zero_shot_attributes, zero_shot_attributes_of_embeddings, zero_shot_classify)
 from minidalle.train import TrainConfig, Trainer
 from minidalle.world import COLORS, POSITIONS, SHAPES, SIZES, all_scenes, caption, make_dataset, render
 
@@ -171,6 +171,8 @@ def test_zero_shot_attributes_returns_valid_values():
     for name, values in predicted.items():
         assert len(values) == 6
         assert set(values) <= domains[name], name
+    with torch.no_grad():  # the same reading from the embeddings alone (the prior's samples have no image)
+        assert zero_shot_attributes_of_embeddings(model, model.encode_image(data.images)) == predicted
 
 
 def test_zero_shot_classify_picks_the_most_similar_prompt():

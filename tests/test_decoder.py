@@ -77,9 +77,22 @@ def test_decoder_overfits_a_tiny_batch():
     swapped = (out - images.flip(0)).abs().mean(dim=(1, 2, 3))
     assert (error < 0.1).all() and (error < swapped / 2).all()
 
+    # DDIM inversion (unCLIP §3.1): x_T from which eta = 0 decoding draws the images back. An image
+    # the decoder can draw comes back almost exactly (measured 7e-4); a render, with its pixel noise,
+    # as closely as the decoder can draw it at all (its plain sample's error).
+    drawn = decoder.sample(embeddings, seed=1)
+    again = decoder.sample(embeddings, x_T=decoder.invert(drawn, embeddings))
+    assert (again - drawn).abs().mean() < 5e-3 < (drawn - decoder.sample(embeddings.flip(0), seed=1)).abs().mean()
+    rendered_back = decoder.sample(embeddings, x_T=decoder.invert(images, embeddings))
+    assert ((rendered_back - images).abs().mean(dim=(1, 2, 3)) < error + 5e-3).all()
+
 
 def test_bad_embeddings_and_steps():
     decoder = Decoder(DecoderConfig.tiny())
+    with pytest.raises(ValueError, match=r"2 images of shape \(N, 3, 32, 32\)"):
+        decoder.invert(torch.rand(2, 3, 16, 16), torch.randn(2, 16))
+    with pytest.raises(ValueError, match="steps"):
+        decoder.invert(torch.rand(2, 3, 32, 32), torch.randn(2, 16), steps=0)
     with pytest.raises(ValueError, match=r"\(N, 16\)"):
         decoder.sample(torch.randn(2, 64))
     with pytest.raises(ValueError, match="steps"):
@@ -106,3 +119,37 @@ def test_truncated_checkpoint_fails_clearly(tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_decoder(tmp_path / "decoder")
+
+
+@pytest.mark.parametrize("condition", ["image", "text"])
+def test_train_decoder_conditions_on_image_or_text_embeddings(condition, tmp_path, monkeypatch):
+    """condition="text" (notebook 08's ablation) feeds the same renders with CLIP text embeddings of
+    random full or partial captions; "image" feeds CLIP image embeddings. Both save a loadable decoder."""
+    import numpy as np
+
+    from minidalle.clip import CLIP, CLIPConfig
+    from minidalle.train import TrainConfig, train_decoder
+    from minidalle.world import make_dataset, random_caption_variant
+
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig.tiny()).eval()
+    fed = []
+    original = Decoder.loss
+    monkeypatch.setattr(Decoder, "loss", lambda self, images, embeddings, generator=None: (
+        fed.append((images, embeddings)), original(self, images, embeddings, generator))[1])
+    config = TrainConfig(steps=2, batch_size=4, warmup=1, eval_every=10, save_every=10)
+    model, trainer = train_decoder(clip, DecoderConfig.tiny(), config, out=tmp_path / "decoder", progress=False,
+                                   condition=condition)
+    batch = make_dataset(4, "train", seed=1 + 17)  # step 1's renders (seed * 1_000_003 + step + 17)
+    rng = np.random.default_rng([0, 1])
+    captions = [random_caption_variant(a, rng) for a in batch.attributes]
+    with torch.no_grad():
+        want = clip.encode_text(captions) if condition == "text" else clip.encode_image(batch.images)
+    torch.testing.assert_close(fed[1][0], batch.images)
+    torch.testing.assert_close(fed[1][1], want)
+    if condition == "text":
+        assert any(c != caption for c, caption in zip(captions, batch.captions))  # partial captions too, here
+    loaded = load_decoder(tmp_path / "decoder")
+    assert loaded.metrics["condition"] == condition and trainer.step == 2
+    with pytest.raises(ValueError, match="condition must be"):
+        train_decoder(clip, DecoderConfig.tiny(), config, condition="caption")

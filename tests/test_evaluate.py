@@ -194,6 +194,21 @@ def test_rater_writes_csv_appends_and_reads_back(tmp_path):
         Rater(images, prompts, tmp_path / "new.csv").rate(6)
 
 
+def test_rater_displays_as_a_widget_with_a_readable_text_fallback(tmp_path):
+    """Outside JupyterLab (GitHub, nbval) a notebook shows text/plain: one line, not the widget's PNG bytes."""
+    images, prompts = make_dataset(2, seed=4).images, ["a red circle", "a square"]
+    rater = Rater(images, prompts, tmp_path / "you.csv")
+    bundle = rater._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    text = bundle["text/plain"]
+    assert "PNG" not in text and "\\x" not in text and "\n" not in text
+    assert text == "Rater: image 1 of 2, 'a red circle'; 0 of 2 rated, into you.csv. " \
+                   "The image and its rating buttons show in JupyterLab."
+    rater.rate(4)
+    rater.rate(5)
+    assert rater._repr_mimebundle_()["text/plain"] == "Rater: done, 2 of 2 rated, into you.csv"
+
+
 # ----------------------------------------------------------------------------- benchmarks
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory):
@@ -226,8 +241,8 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     results = run_bench(tmp_path, tiny_checkpoints)
     assert set(results["machine"]) >= {"cores", "torch", "torch_threads", "quick"}
     assert results["machine"]["torch_threads"] == 1
-    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "judge", "gan",
-                                          "refinement", "flow"]
+    assert list(results["sections"]) == ["render", "attention", "clip", "prior", "pipeline", "inversion", "judge",
+                                          "gan", "refinement", "flow"]
     for name, section in results["sections"].items():
         if name == "refinement":  # needs judge_extended and a refinement made on these very checkpoints
             assert section["status"] == "skipped" and "judge_extended" in section["note"], section
@@ -235,8 +250,12 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
         assert section["status"] == "ok", (name, section)
         for row in section["figures"]:
             assert set(row) >= {"figure", "value", "target", "pass", "how"}
+    pipeline = {row["figure"]: row for row in results["sections"]["pipeline"]["figures"]}
+    lo, hi = pipeline["text->image seen all right"]["interval"]  # accuracies carry their 95 % Wilson interval
+    assert 0 <= lo <= pipeline["text->image seen all right"]["value"] <= hi <= 1
     markdown = (tmp_path / "results.md").read_text()
     assert "| section | figure | value | target | result | how it was measured |" in markdown
+    assert f"[{lo:.3f}, {hi:.3f}]" in markdown and "inversion round trip" in markdown
     assert "judge training time" in markdown and "torch" in markdown
     assert "DDIM 1 steps (1 calls): all right" in markdown and "Heun 4 steps (8 calls): all right" in markdown
 

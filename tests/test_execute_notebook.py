@@ -105,3 +105,10 @@ def test_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no notebook"):
         execute_notebook.main(["--tidy-only", "99"])
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name[:2])
+def test_committed_notebooks_are_tidy(path):
+    """What is committed reads well on GitHub: no timestamps, bars in their final state (run --tidy-only)."""
+    nb = nbformat.read(path, as_version=4)
+    assert execute_notebook.tidy(nb) == 0, f"run: python tools/execute_notebook.py --tidy-only {path.name[:2]}"

@@ -61,6 +61,19 @@ def test_variations_interpolate_text_diff_shapes(pipe):
         pipe.variations(torch.rand(2, 3, 16, 16))
 
 
+def test_invert_variations_and_text_diff_start_from_the_inverted_latent(pipe):
+    images = make_dataset(2, seed=1).images
+    x_T = pipe.invert(images)
+    assert x_T.shape == (2, 3, 32, 32) and torch.isfinite(x_T).all()
+    z = pipe.image_embedding(images)
+    back = pipe.decode(z, x_T=x_T)  # eta = 0: deterministic, whatever the seed
+    torch.testing.assert_close(pipe.variations(images, seed=5, eta=0.0), back)
+    torch.testing.assert_close(pipe.variations(images, seed=0, eta=1.0), pipe.decode(z, seed=0, eta=1.0, x_T=x_T))
+    assert not torch.allclose(pipe.variations(images, seed=0, eta=1.0), back)
+    # a text diff of amount 0 is the image's reconstruction from its inverted latent
+    torch.testing.assert_close(pipe.text_diff(images[0], "a red circle", "a blue circle", amount=0.0), back[:1])
+
+
 def test_slerp_closed_form():
     a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
     torch.testing.assert_close(slerp(a, b, 0.0), a)

@@ -52,6 +52,7 @@ ESTIMATES = {
     "check_q_sample": "10-15", "check_ddim_step": "15-20",
     "check_standardize": "10", "check_best_of_n": "10",
     "check_eps_from_x0": "10", "check_guidance": "5-10",
+    "check_film_block": "25-35", "check_decoder_loss": "20-30",
     "check_slerp": "20", "check_text_diff_direction": "5",
     "check_rating": "20", "check_entropy": "10",
     "check_hinge_losses": "10-15", "check_projection_logit": "10-15",

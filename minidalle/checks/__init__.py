@@ -13,7 +13,8 @@ the helpers they share.
 from minidalle.checks.attention import (check_attention_weights, check_causal_mask, check_patchify,
                                         check_text_encoder_parameters)
 from minidalle.checks.clip import check_clip_loss, check_clip_step, check_logit_scale
-from minidalle.checks.decoder import check_eps_from_x0, check_guidance, check_slerp, check_text_diff_direction
+from minidalle.checks.decoder import (check_decoder_loss, check_eps_from_x0, check_film_block, check_guidance,
+                                      check_slerp, check_text_diff_direction)
 from minidalle.checks.diffusion import check_best_of_n, check_ddim_step, check_q_sample, check_standardize
 from minidalle.checks.evaluation import check_entropy, check_rating
 from minidalle.checks.gan import check_hinge_losses, check_projection_logit
@@ -29,7 +30,7 @@ EXERCISES = {
     "03": ("check_clip_loss", "check_logit_scale", "check_clip_step"),
     "04": ("check_q_sample", "check_ddim_step"),
     "05": ("check_standardize", "check_best_of_n"),
-    "06": ("check_eps_from_x0", "check_guidance"),
+    "06": ("check_film_block", "check_decoder_loss", "check_eps_from_x0", "check_guidance"),
     "07": ("check_slerp", "check_text_diff_direction"),
     "08": ("check_rating", "check_entropy"),
     "09": ("check_hinge_losses", "check_projection_logit"),
@@ -44,7 +45,7 @@ __all__ = [
     "check_clip_loss", "check_logit_scale", "check_clip_step",
     "check_q_sample", "check_ddim_step",
     "check_standardize", "check_best_of_n",
-    "check_eps_from_x0", "check_guidance",
+    "check_film_block", "check_decoder_loss", "check_eps_from_x0", "check_guidance",
     "check_slerp", "check_text_diff_direction",
     "check_rating", "check_entropy",
     "check_hinge_losses", "check_projection_logit",
