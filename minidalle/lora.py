@@ -99,14 +99,6 @@ class LoRAConv2d(nn.Module):
         update = self.lora_B.view(-1, r) @ self.lora_A.view(r, -1)  # (O, I * k * k)
         return self.scale * update.view_as(self.base.weight)
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight if self.merged else self.base.weight + self.delta()
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base.bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (N, I, H, W) -> (N, O, H', W')."""
         out = self.base(x)
@@ -116,6 +108,8 @@ class LoRAConv2d(nn.Module):
         low = F.conv2d(x, self.lora_A, None, b.stride, b.padding, b.dilation)  # (N, r, H', W')
         return out + self.scale * F.conv2d(low, self.lora_B)  # (N, O, H', W')
 
+    # the same effective weight, bias, merge and unmerge as the linear layer's (delta() has W's shape)
+    weight, bias = LoRALinear.weight, LoRALinear.bias
     merge, unmerge, extra_repr = LoRALinear.merge, LoRALinear.unmerge, LoRALinear.extra_repr
 
 
