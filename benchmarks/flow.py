@@ -4,6 +4,11 @@ decoder (Euler, Heun) over sampling steps, on the same prompts, prior embeddings
 `python benchmarks/flow.py [--quick] [--checkpoints DIR] [--out DIR] [--threads N]` writes
 DIR/flow_results.json and DIR/flow_results.md (default DIR: benchmarks/); `benchmarks/run.py`
 runs the same measurement as its "flow" section (`bench(folder, quick)` returns its rows).
+
+`--snapshots DIR` measures the flow decoder over training time instead: DIR holds one folder per
+saved step (DIR/<step>/flow_decoder.{json,safetensors}, copied from a training run's checkpoint
+folder each time it saved); each is judged with its default sampler on the same prompts and prior
+embeddings, next to the shipped diffusion decoder, into DIR_OUT/flow_curve.{json,md}.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
 from minidalle import CHECKPOINT_DIR  # noqa: E402
+from minidalle.evaluate import format_interval  # noqa: E402
 from minidalle.flow import network_calls  # noqa: E402
 
 SEED = 20_240_611  # far from every training seed
@@ -60,8 +66,56 @@ def race(folder: Path, quick: bool) -> dict:
             "flow_guidance": flow_decoder.config.guidance, "rows": rows}
 
 
-def _fmt(value: float, interval, digits: int = 3) -> str:
-    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
+@torch.no_grad()
+def curve(snapshots: Path, folder: Path, quick: bool) -> dict:
+    """Accuracy of each saved step of a flow decoder's training, against the diffusion decoder's final one."""
+    from minidalle import race as race_lib
+    from minidalle.evaluate import evaluation_prompts, load_judge
+    from minidalle.flow_decoder import load_flow_decoder
+    from minidalle.pipeline import UnCLIP
+
+    steps_saved = sorted(int(p.name) for p in snapshots.iterdir() if p.name.isdigit()
+                         and (p / "flow_decoder.safetensors").exists())
+    if not steps_saved:
+        raise SystemExit(f"no <step>/flow_decoder.safetensors folders in {snapshots}")
+    n = 32 if quick else 128
+    pipe = UnCLIP.from_pretrained(folder)
+    judge = load_judge(folder / "judge")
+    prompts, _, real = evaluation_prompts(n, seed=SEED)
+    z = pipe.prior_embedding(prompts, seed=0)
+    budget, rows = {}, []
+    for step in steps_saved:
+        model = load_flow_decoder(snapshots / str(step) / "flow_decoder")
+        budget = model.metrics.get("budget", budget)
+        images = model.sample(z, seed=0)
+        rows.append({"model": "flow", "step": step, "sampler": f"{model.config.method} {model.config.steps} steps",
+                     **race_lib.judge_samples(judge, images, prompts, real)})
+    decoder = pipe.decoder
+    decoder_step = (decoder.metrics.get("history") or [[budget.get("reference_steps")]])[-1][0]
+    rows.append({"model": "diffusion", "step": decoder_step, "sampler": f"DDIM {decoder.config.steps} steps",
+                 **race_lib.judge_samples(judge, decoder.sample(z, seed=0), prompts, real)})
+    # the equal-CPU budget: a flow step costs (flow s/step / decoder s/step) decoder steps, timed back to back
+    per_step = budget.get("seconds_per_step") or {}
+    ratio = per_step["flow_decoder"] / per_step["decoder"] if per_step else None
+    for row in rows:
+        row["budget_share"] = (row["step"] * (ratio if row["model"] == "flow" else 1.0) / decoder_step
+                               if ratio and decoder_step else None)
+    return {"n": n, "prompts_seed": SEED, "budget": budget, "rows": rows}
+
+
+def curve_markdown(r: dict) -> str:
+    lines = ["# Flow decoder over training steps", "",
+             f"{r['n']} fresh full prompts, the same prior embeddings, seed 0, each model's default sampler, the judge. "
+             "Budget share: training CPU as a share of the diffusion decoder's (flow steps times the two models' "
+             f"seconds per step timed back to back: {r['budget'].get('seconds_per_step')}). Intervals: 95 % Wilson; "
+             "Fréchet: 95 % bootstrap over prompts.", "",
+             "| model | step | budget share | sampler | every attribute right | stripe colour | Fréchet |",
+             "|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        share = "—" if row["budget_share"] is None else f"{row['budget_share']:.2f}"
+        lines.append(f"| {row['model']} | {row['step']} | {share} | {row['sampler']} | {format_interval(row['all'], row['all_ci'])} | "
+                     f"{format_interval(row['color2'], row['color2_ci'])} | {format_interval(row['frechet'], row['frechet_ci'], 2)} |")
+    return "\n".join(lines) + "\n"
 
 
 def bench(folder: Path, quick: bool) -> list[dict]:
@@ -72,9 +126,9 @@ def bench(folder: Path, quick: bool) -> list[dict]:
     for row in r["rows"]:
         rows.append({"figure": f"{row['sampler']} {row['steps']} steps ({row['calls']} calls): all right",
                      "value": row["all"], "target": None, "pass": None, "unit": "", "interval": list(row["all_ci"]),
-                     "how": f"{how}; every attribute right {_fmt(row['all'], row['all_ci'])} (95 % Wilson); "
-                            f"stripe colour {_fmt(row['color2'], row['color2_ci'])}; judge Fréchet "
-                            f"{_fmt(row['frechet'], row['frechet_ci'], 2)} (95 % bootstrap; real vs real "
+                     "how": f"{how}; every attribute right {format_interval(row['all'], row['all_ci'])} (95 % Wilson); "
+                            f"stripe colour {format_interval(row['color2'], row['color2_ci'])}; judge Fréchet "
+                            f"{format_interval(row['frechet'], row['frechet_ci'], 2)} (95 % bootstrap; real vs real "
                             f"{r['floor']:.2f})"})
     for name in ("decoder", "flow_decoder"):
         rows.append({"figure": f"{name} training time (s)", "value": r[f"{name}_train_seconds"], "target": None,
@@ -99,8 +153,8 @@ def markdown(r: dict) -> str:
              "| sampler | steps | network calls | every attribute right | stripe colour | Fréchet | seconds |",
              "|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
-        lines.append(f"| {row['sampler']} | {row['steps']} | {row['calls']} | {_fmt(row['all'], row['all_ci'])} | "
-                     f"{_fmt(row['color2'], row['color2_ci'])} | {_fmt(row['frechet'], row['frechet_ci'], 2)} | "
+        lines.append(f"| {row['sampler']} | {row['steps']} | {row['calls']} | {format_interval(row['all'], row['all_ci'])} | "
+                     f"{format_interval(row['color2'], row['color2_ci'])} | {format_interval(row['frechet'], row['frechet_ci'], 2)} | "
                      f"{row['sample_seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -111,14 +165,24 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", default=str(CHECKPOINT_DIR), help="checkpoint folder (default: shipped)")
     parser.add_argument("--out", default=str(HERE), help="folder for flow_results.json and flow_results.md")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--snapshots", default=None, help="folder of <step>/flow_decoder checkpoints: measure the "
+                        "flow decoder over training time (flow_curve.json/.md) instead of the race")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    r = race(Path(args.checkpoints), args.quick)
-    r["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.snapshots:
+        r = curve(Path(args.snapshots), Path(args.checkpoints), args.quick)
+        r["seconds"] = round(time.perf_counter() - start, 1)
+        rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in r["rows"]]
+        (out / "flow_curve.json").write_text(json.dumps(dict(r, rows=rows), indent=2) + "\n")
+        (out / "flow_curve.md").write_text(curve_markdown(r))
+        print(curve_markdown(r))
+        return 0
+    r = race(Path(args.checkpoints), args.quick)
+    r["seconds"] = round(time.perf_counter() - start, 1)
     rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in r["rows"]]
     (out / "flow_results.json").write_text(json.dumps(dict(r, rows=rows), indent=2) + "\n")
     (out / "flow_results.md").write_text(markdown(r))

@@ -1,7 +1,9 @@
 """The course's benchmark: every figure it promises, measured, against its target.
 
-Usage: `python benchmarks/run.py [--quick] [--out DIR] [--checkpoints DIR] [--threads N]`.
-Writes DIR/results.json and DIR/results.md (default DIR: benchmarks/); a figure that is a sample
+Usage: `python benchmarks/run.py [--quick] [--out DIR] [--checkpoints DIR] [--threads N] [--only SECTION ...]`.
+Writes DIR/results.json and DIR/results.md (default DIR: benchmarks/); --only re-measures those
+sections and keeps the others from DIR/results.json as they were (each section records its own
+machine, date and seconds). A figure that is a sample
 (an accuracy, a mean) carries its 95 % interval. Each section is one function; a section whose
 checkpoint is not there yet is skipped with a note, not a crash.
 --quick uses small sizes (128 instead of 2,048 / 512, fewer repeats): under a minute.
@@ -266,8 +268,15 @@ def markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["# Benchmark results", "",
              f"{m['cores']} CPU cores, torch {m['torch']} with {m['torch_threads']} threads, Python {m['python']}, "
-             f"{'quick' if m['quick'] else 'full'} mode, {results['seconds']:.0f} s in all.", "",
-             "| section | figure | value | target | result | how it was measured |", "|---|---|---|---|---|---|"]
+             f"{'quick' if m['quick'] else 'full'} mode, {results['seconds']:.0f} s in all.", ""]
+    runs = {(s.get("ran"), json.dumps(s.get("machine"), sort_keys=True)) for s in results["sections"].values()}
+    if len(runs) > 1:  # sections re-measured with --only at other times
+        lines += ["Sections measured in separate runs (`--only`), each with its date, threads and seconds:", ""]
+        lines += [f"- {name}: {s.get('ran') or 'before dates were recorded'}, "
+                  f"{(s.get('machine') or m)['torch_threads']} threads, {s.get('seconds', 0):.0f} s"
+                  for name, s in results["sections"].items()]
+        lines.append("")
+    lines += ["| section | figure | value | target | result | how it was measured |", "|---|---|---|---|---|---|"]
     for name, section in results["sections"].items():
         if section["status"] != "ok":
             lines.append(f"| {name} | — | — | — | {section['status']} | {section['note']} |")
@@ -310,9 +319,20 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     folder, out = Path(args.checkpoints), Path(args.out)
-    start = time.perf_counter()
-    results = {"machine": {"cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                           "python": platform.python_version(), "quick": args.quick}, "sections": {}}
+    ran = time.strftime("%Y-%m-%d %H:%M %Z")  # when this run started: one date for all its sections
+    machine = {"cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+               "python": platform.python_version(), "quick": args.quick}
+    results = {"machine": machine, "sections": {}}
+    previous = out / "results.json"
+    if args.only and previous.exists():  # re-measure some sections, keep the others' figures
+        kept = json.loads(previous.read_text())
+        if kept["machine"].get("quick") != args.quick:
+            parser.error(f"{previous} was measured in {'quick' if kept['machine'].get('quick') else 'full'} mode; "
+                         "--only must use the same mode (or choose another --out)")
+        for section in kept["sections"].values():
+            section.setdefault("machine", kept["machine"])
+        results = {"machine": machine, "sections": {name: kept["sections"].get(name) for name in SECTIONS
+                                                    if name in kept["sections"]}}
     failed = False
     for name in args.only or SECTIONS:
         section_start = time.perf_counter()
@@ -324,9 +344,11 @@ def main(argv=None) -> int:
             traceback.print_exc()
             section, failed = {"status": "error", "note": f"{type(error).__name__}: {error}"}, True
         section["seconds"] = round(time.perf_counter() - section_start, 1)
+        section |= {"ran": ran, "machine": machine}
         results["sections"][name] = section
         print(f"{name}: {section['status']} ({section['seconds']} s) {section['note']}", file=sys.stderr)
-    results["seconds"] = round(time.perf_counter() - start, 1)
+    results["sections"] = {name: results["sections"][name] for name in SECTIONS if name in results["sections"]}
+    results["seconds"] = round(sum(s.get("seconds", 0) for s in results["sections"].values()), 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(markdown(results))

@@ -58,9 +58,9 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable = np.mean, c
 
 
 def format_interval(value: float, interval: tuple[float, float], digits: int = 3) -> str:
-    """'0.848 [0.80, 0.88]': a value and its interval, for tables and notebook prints."""
+    """'0.848 [0.801, 0.884]': a value and its interval, all three to the same digits."""
     lo, hi = interval
-    return f"{value:.{digits}f} [{lo:.{digits - 1}f}, {hi:.{digits - 1}f}]"
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -12,6 +12,7 @@ import torch
 
 from minidalle import ROOT
 from minidalle.evaluate import (
+    format_interval,
     frechet_distance, judge_distance, rating_1_to_5, rating_agreement, score_prompts, variety,
 )
 from minidalle.judge import AttributeJudge, JudgeConfig, attribute_accuracy, load_judge, save_judge, train_judge
@@ -57,6 +58,11 @@ def test_judge_rejects_bad_images(judge):
 
 
 # ----------------------------------------------------------------------------- scoring
+def test_format_interval_prints_value_and_bounds_to_the_same_digits():
+    assert format_interval(0.8479, (0.80123, 0.8841)) == "0.848 [0.801, 0.884]"
+    assert format_interval(0.5, (0.25, 0.75), 2) == "0.50 [0.25, 0.75]"
+
+
 def test_scorer_ignores_what_the_prompt_leaves_open():
     wrong_everything_but_shape = Attributes("circle", "blue", True, "green", "small", "top")
     s = score_prompts([wrong_everything_but_shape], ["a circle"])
@@ -260,11 +266,45 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
     assert "DDIM 1 steps (1 calls): all right" in markdown and "Heun 4 steps (8 calls): all right" in markdown
 
 
+def test_flow_curve_judges_every_saved_step(tmp_path, tiny_checkpoints):
+    from minidalle.decoder import DecoderConfig
+    from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
+
+    budget = {"seconds_per_step": {"decoder": 2.0, "flow_decoder": 1.0}, "reference_steps": 4}
+    for step in (3, 1):  # a folder per saved step, found in step order
+        save_flow_decoder(FlowDecoder(FlowDecoderConfig.like(DecoderConfig.tiny())), tmp_path / "snaps" / str(step)
+                          / "flow_decoder", {"budget": budget}, step=step)
+    (tmp_path / "snaps" / "notes").mkdir()  # not a step: ignored
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--quick", "--threads", "1", "--out",
+                    str(tmp_path), "--checkpoints", str(tiny_checkpoints), "--snapshots", str(tmp_path / "snaps")],
+                   check=True, capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "flow_curve.json").read_text())["rows"]
+    assert [(r["model"], r["step"]) for r in rows[:2]] == [("flow", 1), ("flow", 3)] and rows[2]["model"] == "diffusion"
+    assert rows[2]["step"] == 4  # the tiny decoder has no history: the budget's reference steps
+    assert rows[1]["budget_share"] == pytest.approx(3 * 0.5 / 4) and rows[2]["budget_share"] == 1.0
+    for row in rows:
+        assert 0 <= row["all_ci"][0] <= row["all"] <= row["all_ci"][1] <= 1
+    assert "| flow | 3 |" in (tmp_path / "flow_curve.md").read_text()
+
+
 def test_bench_skips_sections_without_checkpoints(tmp_path):
     results = run_bench(tmp_path, tmp_path / "empty", "--only", "clip", "prior", "judge")
     for section in results["sections"].values():
         assert section["status"] == "skipped" and "missing checkpoint" in section["note"]
     assert "skipped" in (tmp_path / "results.md").read_text()
+
+
+def test_bench_only_re_measures_its_sections_and_keeps_the_others(tmp_path, tiny_checkpoints):
+    first = run_bench(tmp_path, tiny_checkpoints, "--only", "render", "judge")
+    kept = first["sections"]["render"]
+    second = run_bench(tmp_path, tiny_checkpoints, "--only", "judge", "clip")
+    assert list(second["sections"]) == ["render", "clip", "judge"]  # in SECTIONS order
+    assert second["sections"]["render"] == kept  # untouched, with its own date and machine
+    assert second["sections"]["judge"]["ran"] == second["sections"]["clip"]["ran"]
+    assert second["seconds"] == pytest.approx(sum(s["seconds"] for s in second["sections"].values()), abs=0.2)
+    with pytest.raises(subprocess.CalledProcessError):  # a quick file is not mixed with full-mode sections
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--out", str(tmp_path), "--only", "render"],
+                       check=True, capture_output=True, timeout=300)
 
 
 # ----------------------------------------------------------------------------- intervals
