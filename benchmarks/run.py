@@ -241,7 +241,7 @@ def bench_refinement(folder: Path, quick: bool) -> list[dict]:
     note = module.missing(folder)
     if note:
         raise MissingCheckpoint(note)
-    return [figure(**row) for row in module.bench(folder, quick)]
+    return [figure(row.pop("figure"), **row) for row in module.bench(folder, quick)]  # rows name it 'figure'
 
 
 def bench_flow(folder: Path, quick: bool) -> list[dict]:

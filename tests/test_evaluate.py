@@ -287,6 +287,22 @@ def test_flow_curve_judges_every_saved_step(tmp_path, tiny_checkpoints):
     assert "| flow | 3 |" in (tmp_path / "flow_curve.md").read_text()
 
 
+def test_bench_refinement_section_turns_its_rows_into_figures(monkeypatch, tmp_path):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    rows = [dict(figure="refinement: new concept drawn", value=0.8, target=">= 0.5", how="h"),
+            dict(figure="refinement: adapter size (kB)", value=778.0, target=None, how="h", unit="kB")]
+    fake = types.SimpleNamespace(missing=lambda folder: None, bench=lambda folder, quick: [dict(r) for r in rows])
+    monkeypatch.setattr(run, "_bench_module", lambda name: fake)
+    figures = run.bench_refinement(tmp_path, quick=True)
+    assert [f["figure"] for f in figures] == [r["figure"] for r in rows]
+    assert figures[0]["pass"] is True and figures[1]["pass"] is None and figures[1]["unit"] == "kB"
+
+
 def test_bench_skips_sections_without_checkpoints(tmp_path):
     results = run_bench(tmp_path, tmp_path / "empty", "--only", "clip", "prior", "judge")
     for section in results["sections"].values():
