@@ -174,19 +174,14 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.snapshots:
-        r = curve(Path(args.snapshots), Path(args.checkpoints), args.quick)
-        r["seconds"] = round(time.perf_counter() - start, 1)
-        rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in r["rows"]]
-        (out / "flow_curve.json").write_text(json.dumps(dict(r, rows=rows), indent=2) + "\n")
-        (out / "flow_curve.md").write_text(curve_markdown(r))
-        print(curve_markdown(r))
-        return 0
-    r = race(Path(args.checkpoints), args.quick)
+        r, stem, render = curve(Path(args.snapshots), Path(args.checkpoints), args.quick), "flow_curve", curve_markdown
+    else:
+        r, stem, render = race(Path(args.checkpoints), args.quick), "flow_results", markdown
     r["seconds"] = round(time.perf_counter() - start, 1)
     rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()} for row in r["rows"]]
-    (out / "flow_results.json").write_text(json.dumps(dict(r, rows=rows), indent=2) + "\n")
-    (out / "flow_results.md").write_text(markdown(r))
-    print(markdown(r))
+    (out / f"{stem}.json").write_text(json.dumps(dict(r, rows=rows), indent=2) + "\n")
+    (out / f"{stem}.md").write_text(render(r))
+    print(render(r))
     return 0
 
 
