@@ -8,7 +8,10 @@ runs the same measurement as its "flow" section (`bench(folder, quick)` returns 
 `--snapshots DIR` measures the flow decoder over training time instead: DIR holds one folder per
 saved step (DIR/<step>/flow_decoder.{json,safetensors}, copied from a training run's checkpoint
 folder each time it saved); each is judged with its default sampler on the same prompts and prior
-embeddings, next to the shipped diffusion decoder, into DIR_OUT/flow_curve.{json,md}.
+embeddings, next to the shipped diffusion decoder, into DIR_OUT/flow_curve.{json,md}. With
+`--diffusion-snapshots DIR2` (DIR2/<step>/decoder.{json,safetensors}, from a rerun of the diffusion
+decoder's training that kept its checkpoints) the diffusion decoder gets a curve too, judged with DDIM
+at its default steps; the shipped diffusion decoder is still measured, as the row "diffusion (shipped)".
 """
 from __future__ import annotations
 
@@ -66,18 +69,26 @@ def race(folder: Path, quick: bool) -> dict:
             "flow_guidance": flow_decoder.config.guidance, "rows": rows}
 
 
+def saved_steps(snapshots: Path, name: str) -> list[int]:
+    """The steps of SNAPSHOTS/<step>/<name>.safetensors, in order; a clear exit when there are none."""
+    steps = sorted(int(p.name) for p in snapshots.iterdir() if p.name.isdigit() and (p / f"{name}.safetensors").exists())
+    if not steps:
+        raise SystemExit(f"no <step>/{name}.safetensors folders in {snapshots}")
+    return steps
+
+
 @torch.no_grad()
-def curve(snapshots: Path, folder: Path, quick: bool) -> dict:
-    """Accuracy of each saved step of a flow decoder's training, against the diffusion decoder's final one."""
+def curve(snapshots: Path, folder: Path, quick: bool, diffusion_snapshots: Path | None = None) -> dict:
+    """Accuracy of each saved step of a flow decoder's training, against the diffusion decoder's: its final
+    (shipped) checkpoint, and each saved step of a rerun of its training when `diffusion_snapshots` is given."""
     from minidalle import race as race_lib
+    from minidalle.decoder import load_decoder
     from minidalle.evaluate import evaluation_prompts, load_judge
     from minidalle.flow_decoder import load_flow_decoder
     from minidalle.pipeline import UnCLIP
 
-    steps_saved = sorted(int(p.name) for p in snapshots.iterdir() if p.name.isdigit()
-                         and (p / "flow_decoder.safetensors").exists())
-    if not steps_saved:
-        raise SystemExit(f"no <step>/flow_decoder.safetensors folders in {snapshots}")
+    steps_saved = saved_steps(snapshots, "flow_decoder")
+    diffusion_saved = saved_steps(diffusion_snapshots, "decoder") if diffusion_snapshots else []
     n = 32 if quick else 128
     pipe = UnCLIP.from_pretrained(folder)
     judge = load_judge(folder / "judge")
@@ -92,7 +103,12 @@ def curve(snapshots: Path, folder: Path, quick: bool) -> dict:
                      **race_lib.judge_samples(judge, images, prompts, real)})
     decoder = pipe.decoder
     decoder_step = (decoder.metrics.get("history") or [[budget.get("reference_steps")]])[-1][0]
-    rows.append({"model": "diffusion", "step": decoder_step, "sampler": f"DDIM {decoder.config.steps} steps",
+    for step in diffusion_saved:
+        model = load_decoder(diffusion_snapshots / str(step) / "decoder")
+        rows.append({"model": "diffusion", "step": step, "sampler": f"DDIM {model.config.steps} steps",
+                     **race_lib.judge_samples(judge, model.sample(z, seed=0), prompts, real)})
+    rows.append({"model": "diffusion (shipped)" if diffusion_saved else "diffusion", "step": decoder_step,
+                 "sampler": f"DDIM {decoder.config.steps} steps",
                  **race_lib.judge_samples(judge, decoder.sample(z, seed=0), prompts, real)})
     # the equal-CPU budget: a flow step costs (flow s/step / decoder s/step) decoder steps, timed back to back
     per_step = budget.get("seconds_per_step") or {}
@@ -104,7 +120,8 @@ def curve(snapshots: Path, folder: Path, quick: bool) -> dict:
 
 
 def curve_markdown(r: dict) -> str:
-    lines = ["# Flow decoder over training steps", "",
+    both = any(row["model"] == "diffusion (shipped)" for row in r["rows"])  # the diffusion decoder's curve too
+    lines = [f"# {'Flow and diffusion decoders' if both else 'Flow decoder'} over training steps", "",
              f"{r['n']} fresh full prompts, the same prior embeddings, seed 0, each model's default sampler, the judge. "
              "Budget share: training CPU as a share of the diffusion decoder's (flow steps times the two models' "
              f"seconds per step timed back to back: {r['budget'].get('seconds_per_step')}). Intervals: 95 % Wilson; "
@@ -167,14 +184,19 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--snapshots", default=None, help="folder of <step>/flow_decoder checkpoints: measure the "
                         "flow decoder over training time (flow_curve.json/.md) instead of the race")
+    parser.add_argument("--diffusion-snapshots", default=None, help="with --snapshots: a folder of <step>/decoder "
+                        "checkpoints from a rerun of the diffusion decoder's training, measured over training time too")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if args.diffusion_snapshots and not args.snapshots:
+        parser.error("--diffusion-snapshots needs --snapshots (the flow decoder's)")
     if args.snapshots:
-        r, stem, render = curve(Path(args.snapshots), Path(args.checkpoints), args.quick), "flow_curve", curve_markdown
+        diffusion = Path(args.diffusion_snapshots) if args.diffusion_snapshots else None
+        r, stem, render = curve(Path(args.snapshots), Path(args.checkpoints), args.quick, diffusion), "flow_curve", curve_markdown
     else:
         r, stem, render = race(Path(args.checkpoints), args.quick), "flow_results", markdown
     r["seconds"] = round(time.perf_counter() - start, 1)

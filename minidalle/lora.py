@@ -27,12 +27,12 @@ PARAMETERS = ("lora_A", "lora_B")  # the names every adapter's trainable tensors
 class LoRALinear(nn.Module):
     """nn.Linear W x + b plus a trainable low-rank update (alpha / r) B A x; W and b are frozen."""
 
-    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 4.0):
+    def __init__(self, base: nn.Linear, rank: int = 4, alpha: float = 4.0, generator: torch.Generator | None = None):
         super().__init__()
         _check_rank(rank, min(base.in_features, base.out_features))
         self.base, self.rank, self.scale, self.merged = base.requires_grad_(False), rank, alpha / rank, False
         # Hu et al. 2021, section 4.1: A random Gaussian, B zero, so B A = 0 when training starts.
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device)
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, generator=generator).to(base.weight.device)
                                    / math.sqrt(base.in_features))  # (r, I)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))  # (O, r)
 
@@ -81,7 +81,7 @@ class LoRAConv2d(nn.Module):
     convolution with the kernel B A (O, I, k, k), which merge adds to W.
     """
 
-    def __init__(self, base: nn.Conv2d, rank: int = 4, alpha: float = 4.0):
+    def __init__(self, base: nn.Conv2d, rank: int = 4, alpha: float = 4.0, generator: torch.Generator | None = None):
         super().__init__()
         if base.groups != 1 or base.padding_mode != "zeros":
             raise ValueError(f"LoRAConv2d supports groups=1 and zero padding, got {base}")
@@ -89,8 +89,8 @@ class LoRAConv2d(nn.Module):
         _check_rank(rank, min(base.in_channels * k_h * k_w, base.out_channels))
         self.base, self.rank, self.scale, self.merged = base.requires_grad_(False), rank, alpha / rank, False
         fan_in = base.in_channels * k_h * k_w
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_channels, k_h, k_w, device=base.weight.device)
-                                   / math.sqrt(fan_in))  # (r, I, k, k)
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_channels, k_h, k_w, generator=generator)
+                                   .to(base.weight.device) / math.sqrt(fan_in))  # (r, I, k, k)
         self.lora_B = nn.Parameter(torch.zeros(base.out_channels, rank, 1, 1, device=base.weight.device))  # (O, r, 1, 1)
 
     def delta(self) -> torch.Tensor:
@@ -122,9 +122,12 @@ def _check_rank(rank: int, limit: int) -> None:
 
 
 def add_lora(module: nn.Module, rank: int = 4, alpha: float = 4.0, convolutions: bool = True,
-             where: Callable[[str], bool] = lambda name: True) -> list[str]:
+             where: Callable[[str], bool] = lambda name: True, generator: torch.Generator | None = None) -> list[str]:
     """Replace, in place, every nn.Linear (and nn.Conv2d when convolutions) of module whose
     qualified name passes `where` by its LoRA-wrapped version; freezes everything else.
+
+    generator: draws the A matrices (a CPU torch.Generator; None: torch's global one), so that a
+    seeded recipe gives the same adapters whatever ran before it.
 
     Returns the names of the wrapped layers. Call it after loading the base weights.
     """
@@ -141,7 +144,7 @@ def add_lora(module: nn.Module, rank: int = 4, alpha: float = 4.0, convolutions:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module
         wrapper = LoRALinear if isinstance(child, nn.Linear) else LoRAConv2d
-        setattr(parent, attr, wrapper(child, rank, alpha))
+        setattr(parent, attr, wrapper(child, rank, alpha, generator))
     return [name for name, _ in targets]
 
 

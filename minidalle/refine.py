@@ -91,8 +91,10 @@ def prepare(pipe, recipe: Recipe):
     for stage in recipe.stages:
         module = stage_modules[stage]
         where = is_text if stage == "text" else (lambda name: True)
-        if recipe.rank:
-            add_lora(module, recipe.rank, recipe.alpha, convolutions=stage == "decoder", where=where)
+        if recipe.rank:  # A drawn from the recipe's seed and the stage: the same recipe, the same adapters
+            seed = int(np.random.SeedSequence([recipe.seed, 4, STAGES.index(stage)]).generate_state(1)[0])
+            generator = torch.Generator().manual_seed(seed)
+            add_lora(module, recipe.rank, recipe.alpha, convolutions=stage == "decoder", where=where, generator=generator)
         else:
             for name, p in module.named_parameters():
                 p.requires_grad_(where(name) and name != "logit_scale")

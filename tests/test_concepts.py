@@ -200,6 +200,29 @@ def test_prepared_pipeline_trains_only_adapters_and_rows_and_draws_old_prompts_a
     assert not any(n.startswith(("decoder.", "clip.visual", "clip.logit_scale")) for n in full_names)
 
 
+def test_a_recipe_seeds_its_adapters_whatever_ran_before(tiny_base):
+    import dataclasses
+
+    from minidalle.pipeline import UnCLIP
+    from minidalle.refine import Recipe, prepare, trainable_state
+
+    def adapters(recipe, global_seed):
+        torch.manual_seed(global_seed)  # torch's global generator must not matter
+        state = trainable_state(prepare(UnCLIP.from_pretrained(tiny_base), recipe))
+        return {k: v.detach().clone() for k, v in state.items() if k.endswith("lora_A")}
+
+    first, again = adapters(Recipe.tiny(), 1), adapters(Recipe.tiny(), 2)
+    assert first.keys() == again.keys() and len(first) > 0
+    for name in first:
+        torch.testing.assert_close(first[name], again[name], rtol=0, atol=0)
+    other = adapters(dataclasses.replace(Recipe.tiny(), seed=1), 1)
+    assert all(not torch.equal(first[name], other[name]) for name in first)
+    # a stage's adapters do not depend on which other stages the recipe tunes (refine's cache relies on it)
+    no_prior = adapters(dataclasses.replace(Recipe.tiny(), stages=("text", "decoder")), 3)
+    for name in no_prior:
+        torch.testing.assert_close(no_prior[name], first[name], rtol=0, atol=0)
+
+
 def test_refinement_saves_only_what_changed_and_loads_back_exactly(tiny_base, tmp_path):
     from safetensors.torch import load_file
 

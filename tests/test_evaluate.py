@@ -267,24 +267,32 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, tiny_checkpoints):
 
 
 def test_flow_curve_judges_every_saved_step(tmp_path, tiny_checkpoints):
-    from minidalle.decoder import DecoderConfig
+    from minidalle.decoder import DecoderConfig, build, save_decoder
     from minidalle.flow_decoder import FlowDecoder, FlowDecoderConfig, save_flow_decoder
 
     budget = {"seconds_per_step": {"decoder": 2.0, "flow_decoder": 1.0}, "reference_steps": 4}
     for step in (3, 1):  # a folder per saved step, found in step order
         save_flow_decoder(FlowDecoder(FlowDecoderConfig.like(DecoderConfig.tiny())), tmp_path / "snaps" / str(step)
                           / "flow_decoder", {"budget": budget}, step=step)
+        torch.manual_seed(step)  # the diffusion decoder's rerun, saved at the same steps
+        save_decoder(build(DecoderConfig.tiny()), tmp_path / "dsnaps" / str(step) / "decoder", step=step)
     (tmp_path / "snaps" / "notes").mkdir()  # not a step: ignored
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--quick", "--threads", "1", "--out",
-                    str(tmp_path), "--checkpoints", str(tiny_checkpoints), "--snapshots", str(tmp_path / "snaps")],
+    script = [sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--quick", "--threads", "1", "--out", str(tmp_path),
+              "--checkpoints", str(tiny_checkpoints)]
+    subprocess.run(script + ["--snapshots", str(tmp_path / "snaps"), "--diffusion-snapshots", str(tmp_path / "dsnaps")],
                    check=True, capture_output=True, timeout=300)
     rows = json.loads((tmp_path / "flow_curve.json").read_text())["rows"]
-    assert [(r["model"], r["step"]) for r in rows[:2]] == [("flow", 1), ("flow", 3)] and rows[2]["model"] == "diffusion"
-    assert rows[2]["step"] == 4  # the tiny decoder has no history: the budget's reference steps
-    assert rows[1]["budget_share"] == pytest.approx(3 * 0.5 / 4) and rows[2]["budget_share"] == 1.0
+    assert [(r["model"], r["step"]) for r in rows] == [("flow", 1), ("flow", 3), ("diffusion", 1), ("diffusion", 3),
+                                                         ("diffusion (shipped)", 4)]
+    # the tiny decoder has no history: the budget's reference steps stand for its training length
+    assert rows[1]["budget_share"] == pytest.approx(3 * 0.5 / 4) and rows[3]["budget_share"] == pytest.approx(3 / 4)
+    assert rows[4]["budget_share"] == 1.0
     for row in rows:
         assert 0 <= row["all_ci"][0] <= row["all"] <= row["all_ci"][1] <= 1
-    assert "| flow | 3 |" in (tmp_path / "flow_curve.md").read_text()
+    markdown = (tmp_path / "flow_curve.md").read_text()
+    assert "| flow | 3 |" in markdown and "| diffusion | 3 |" in markdown
+    alone = subprocess.run(script + ["--diffusion-snapshots", str(tmp_path / "dsnaps")], capture_output=True, text=True)
+    assert alone.returncode == 2 and "--diffusion-snapshots needs --snapshots" in alone.stderr
 
 
 def test_bench_refinement_section_turns_its_rows_into_figures(monkeypatch, tmp_path):

@@ -151,3 +151,14 @@ def test_a_trained_adapter_fits_a_low_rank_change():
         optimizer.step()
     assert loss.item() < 1e-3
     torch.testing.assert_close(layer.weight, target.weight, rtol=0, atol=0.02)
+
+
+def test_add_lora_draws_A_from_the_generator_it_is_given():
+    def wrapped(seed):
+        torch.manual_seed(seed)  # the global generator: not used when one is given
+        module = nn.Sequential(nn.Linear(6, 5), nn.Conv2d(3, 4, 3))
+        add_lora(module, rank=2, generator=torch.Generator().manual_seed(7))
+        return module[0].lora_A.detach(), module[1].lora_A.detach()
+
+    for a, b in zip(wrapped(0), wrapped(1)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
