@@ -42,8 +42,8 @@ def config_to_dict(config) -> dict:
 def config_from_dict(cls, data: dict):
     """Rebuild a (possibly nested) frozen dataclass config; unknown or missing keys are errors.
 
-    Only fields a class lists in ADDED_FIELDS (added after checkpoints were shipped, with a
-    default that means the old behaviour) may be missing.
+    Only fields a class lists in ADDED_FIELDS (added after checkpoints were shipped) may be missing:
+    a tuple of names whose default means the old behaviour, or a dict {name: the old value}.
     """
     if not isinstance(data, dict):
         raise CheckpointError(f"config for {cls.__name__} must be a JSON object, got {type(data).__name__}")
@@ -54,7 +54,8 @@ def config_from_dict(cls, data: dict):
         raise CheckpointError(f"unknown {cls.__name__} fields {sorted(unknown)}; expected {sorted(names)}")
     if missing:  # a default could silently build another model (e.g. other heads: same shapes)
         raise CheckpointError(f"{cls.__name__} config lacks fields {sorted(missing)}")
-    kwargs = {}
+    added = getattr(cls, "ADDED_FIELDS", ())
+    kwargs = {name: old for name, old in added.items() if name not in data} if isinstance(added, dict) else {}
     for name, value in data.items():
         hint = hints[name]
         kwargs[name] = config_from_dict(hint, value) if dataclasses.is_dataclass(hint) else value

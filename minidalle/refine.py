@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -42,15 +42,21 @@ class Recipe:
     alpha: float = 4.0  # LoRA scale alpha / rank (Hu et al. 2021 fix alpha to the first rank tried)
     init: str = "category"
     batch_size: int = 32  # new examples per step of the text side and prior (plus as many replayed ones)
-    decoder_batch: int = 8  # the same for the decoder, whose steps cost far more
-    # Step counts sized for a shared 2-core CPU (notebook 10's grid), not tuned for quality.
+    decoder_batch: int = 16  # the same for the decoder, whose steps cost far more
+    decoder_replay: int = 2  # replayed old examples per new one in the decoder's batches (with replay)
+    # The text and prior step counts are sized for a shared 2-core CPU, not tuned; the decoder's
+    # settings come from benchmarks/exp16 (the decoder is where a new shape is learnt, and slowly).
     text_steps: int = 100
     prior_steps: int = 200
-    decoder_steps: int = 100
+    decoder_steps: int = 400
     lr: float = 2e-3  # LoRA; full fine-tuning uses full_lr (all weights move: smaller steps)
     full_lr: float = 2e-4
     rows_lr: float = 2e-2  # the new rows start far from where they end (row norms are about 9)
+    decoder_lr: float | None = 6e-3  # the decoder stage's own learning rate (None: lr or full_lr)
     seed: int = 0
+
+    # Fields added after refinements were saved, with the value that gives the old behaviour when missing
+    ADDED_FIELDS: ClassVar[dict] = {"decoder_replay": 1, "decoder_lr": None}
 
     @classmethod
     def tiny(cls) -> "Recipe":
@@ -65,9 +71,11 @@ class Recipe:
             raise ValueError(f"rank must be an integer >= 0 (0: full fine-tuning), got {self.rank!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, not {self.init!r}")
-        for name in ("examples", "batch_size", "decoder_batch"):
+        for name in ("examples", "batch_size", "decoder_batch", "decoder_replay"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.decoder_lr is not None and not self.decoder_lr > 0:
+            raise ValueError(f"decoder_lr must be a positive number or None (the stage's usual rate), got {self.decoder_lr!r}")
 
     @property
     def world(self) -> World:
@@ -148,11 +156,11 @@ def refine_data(clip: CLIP, recipe: Recipe, replay_size: int = REPLAY, pool: int
     return RefineData(examples, replay, embed(examples.images), embed(replay.images))
 
 
-def _batch(data: RefineData, size: int, replay: bool, rng: np.random.Generator):
-    """Indices of a step's new examples (no repeats within a step) and as many replayed ones."""
+def _batch(data: RefineData, size: int, replay: bool, rng: np.random.Generator, ratio: int = 1):
+    """Indices of a step's new examples (no repeats within a step) and ratio times as many replayed ones."""
     n = len(data.examples.captions)
     new = rng.choice(n, size=min(size, n), replace=False)
-    old = rng.choice(len(data.replay.captions), size=size, replace=False) if replay else []
+    old = rng.choice(len(data.replay.captions), size=size * ratio, replace=False) if replay else []
     return new, np.asarray(old, dtype=int)
 
 
@@ -229,10 +237,11 @@ def _train_decoder(pipe, data: RefineData, recipe: Recipe, progress: bool) -> li
     rng, generator = np.random.default_rng([recipe.seed, 3]), torch.Generator().manual_seed(recipe.seed + 3)
 
     def loss_fn(step):
-        images, _, image_emb = _pick(data, *_batch(data, recipe.decoder_batch, recipe.replay, rng))
+        new, old = _batch(data, recipe.decoder_batch, recipe.replay, rng, recipe.decoder_replay)
+        images, _, image_emb = _pick(data, new, old)
         return pipe.decoder.loss(images, image_emb, generator)
 
-    lr = recipe.lr if recipe.rank else recipe.full_lr
+    lr = recipe.decoder_lr or (recipe.lr if recipe.rank else recipe.full_lr)
     return _optimize(_groups(pipe.decoder, recipe), loss_fn, recipe.decoder_steps, lr, "refine decoder", progress)
 
 
@@ -244,9 +253,11 @@ def _stage_key(recipe: Recipe, stage: str) -> tuple:
     """What a stage's result depends on (the decoder's not on the text side or the prior)."""
     fields = dataclasses.asdict(recipe)
     if stage == "decoder":
-        keep = ("words", "examples", "replay", "rank", "alpha", "decoder_batch", "decoder_steps", "lr", "full_lr", "seed")
+        keep = ("words", "examples", "replay", "rank", "alpha", "decoder_batch", "decoder_replay", "decoder_steps", "lr",
+                "full_lr", "decoder_lr", "seed")
     else:
-        drop = {"stages", "decoder_steps", "decoder_batch"} | ({"prior_steps"} if stage == "text" else set())
+        drop = {"stages", "decoder_steps", "decoder_batch", "decoder_replay", "decoder_lr"}
+        drop |= {"prior_steps"} if stage == "text" else set()
         keep = tuple(k for k in fields if k not in drop)
     return (stage,) + tuple((k, fields[k]) for k in keep)
 

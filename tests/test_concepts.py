@@ -10,6 +10,7 @@ import torch
 
 from minidalle import world
 from minidalle.checkpoints import CheckpointError
+from minidalle.checkpoints import config_from_dict as checkpoints_config
 from minidalle.concepts import NEW_COLORS, STAR_PINK, World, grow_vocabulary
 from minidalle.tokenizer import WordTokenizer
 from minidalle.world import HELDOUT, VOCABULARY, Attributes, caption, make_dataset, parse_prompt, render
@@ -267,11 +268,57 @@ def test_a_refinement_refuses_other_base_checkpoints_and_corrupt_files(tiny_base
     ({"rank": -1}, "rank"),
     ({"init": "zeros"}, "init"),
     ({"examples": 0}, "examples"),
+    ({"decoder_replay": 0}, "decoder_replay"),
+    ({"decoder_lr": 0.0}, "decoder_lr"),
 ])
 def test_recipe_rejects_bad_settings(changes, needle):
     from minidalle.refine import Recipe
     with pytest.raises(ValueError, match=needle):
         Recipe(**{**Recipe.tiny().__dict__, **changes})
+
+
+def test_decoder_stage_mixes_its_replay_ratio_and_uses_its_own_learning_rate(tiny_base, monkeypatch):
+    import dataclasses
+
+    from minidalle import refine as refine_module
+    from minidalle.pipeline import UnCLIP
+    from minidalle.refine import Recipe, prepare, refine_data
+    recipe = dataclasses.replace(Recipe.tiny(), decoder_batch=2, decoder_replay=3, decoder_lr=7e-3, decoder_steps=1)
+    pipe = prepare(UnCLIP.from_pretrained(tiny_base), recipe)
+    data = refine_data(pipe.clip, recipe, replay_size=16, pool=16)
+    seen = {}
+
+    def fake_loss(images, image_emb, generator):
+        seen["images"], seen["emb"] = images.shape[0], image_emb.shape[0]
+        return images.mean() * 0 + sum(p.sum() for p in pipe.decoder.parameters() if p.requires_grad) * 0
+
+    def fake_optimize(groups, loss_fn, steps, lr, desc, progress):
+        seen["lr"] = lr
+        loss_fn(0)
+        return [0.0]
+
+    monkeypatch.setattr(pipe.decoder, "loss", fake_loss)
+    monkeypatch.setattr(refine_module, "_optimize", fake_optimize)
+    refine_module._train_decoder(pipe, data, recipe, progress=False)
+    assert seen == {"images": 2 + 6, "emb": 8, "lr": 7e-3}  # 2 new + 3 x 2 replayed, at decoder_lr
+    refine_module._train_decoder(pipe, data, dataclasses.replace(recipe, decoder_lr=None, replay=False), progress=False)
+    assert seen == {"images": 2, "emb": 2, "lr": recipe.lr}  # no replay: the new examples only; lr: LoRA's
+    # the decoder's own settings belong to the decoder stage's cache key only
+    other = dataclasses.replace(recipe, decoder_replay=1, decoder_lr=None)
+    assert refine_module._stage_key(recipe, "decoder") != refine_module._stage_key(other, "decoder")
+    assert refine_module._stage_key(recipe, "prior") == refine_module._stage_key(other, "prior")
+
+
+def test_a_recipe_saved_before_the_decoder_settings_loads_with_the_old_behaviour():
+    import dataclasses
+
+    from minidalle.refine import Recipe
+    old = dataclasses.asdict(Recipe())
+    del old["decoder_replay"], old["decoder_lr"]
+    loaded = checkpoints_config(Recipe, old)
+    assert loaded.decoder_replay == 1 and loaded.decoder_lr is None
+    with pytest.raises(CheckpointError, match="lacks fields"):
+        checkpoints_config(Recipe, {k: v for k, v in old.items() if k != "rank"})
 
 
 def test_score_concept_counts_new_words_and_compositions():
