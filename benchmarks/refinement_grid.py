@@ -1,7 +1,7 @@
 """Notebook 10's experiment: what to tune, how much data, what replay buys, and what it forgets.
 
-A reduced grid (one pair of new words, star and pink, one seed, LoRA rank 4), one process per
-recipe so that they run side by side on a shared machine:
+A reduced grid (one pair of new words, star and pink, one seed, LoRA rank 4 but for the rank rows
+1 and 16 at N = 1,000), one process per recipe so that they run side by side on a shared machine:
 
     python benchmarks/refinement_grid.py --train NAME   # each of NAMES, and dec200 (the decoder stage alone)
     python benchmarks/refinement_grid.py --combine --ship data/checkpoints/refine_star_pink
@@ -45,6 +45,8 @@ NAMES = {  # one process each, side by side (CPU share is per process on a share
     "tp1000": dict(examples=1000, stages=("text", "prior")),
     "tp1000_noreplay": dict(examples=1000, stages=("text", "prior"), replay=False),
     "tp1000_full": dict(examples=1000, stages=("text", "prior"), rank=0),
+    "tp1000_r1": dict(examples=1000, stages=("text", "prior"), rank=1),  # alpha stays 4 (Hu et al.)
+    "tp1000_r16": dict(examples=1000, stages=("text", "prior"), rank=16),
 }
 
 
@@ -140,7 +142,8 @@ def eval_one(name: str, folder: Path) -> None:
     (folder / f"row_{name}.json").write_text(json.dumps(row | _strip(scores), indent=1))
 
 
-ORDER = ["before", "tpd200", "tp200", "t200", "tp50", "tp1000", "tp1000_noreplay", "tp1000_full"]
+ORDER = ["before", "tpd200", "tp200", "t200", "tp50", "tp1000", "tp1000_noreplay", "tp1000_full", "tp1000_r1",
+         "tp1000_r16"]
 
 
 def collect(folder: Path) -> None:
