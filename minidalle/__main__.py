@@ -271,7 +271,7 @@ def main(argv=None) -> int:
                    help="stages to tune, in pipeline order (default: all three; text is required)")
     f.add_argument("--rank", type=int, default=4, help="LoRA rank; 0 tunes every weight of the stages (default 4)")
     f.add_argument("--no-replay", action="store_true", help="train on the new examples only (no old data mixed in)")
-    f.add_argument("--steps", type=int, default=None, help="steps per stage (default: the recipe's 100/200/100)")
+    f.add_argument("--steps", type=int, default=None, help="steps per stage (default: the recipe's 100 text / 200 prior / 400 decoder)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--evaluate", type=int, default=0, metavar="N",
                    help="afterwards, judge N new-concept and N old prompts (needs judge_extended)")
