@@ -57,6 +57,17 @@ def test_a_bar_is_rewritten_from_its_stored_state():
     assert execute_notebook.tidy(nb) == 0  # tidy twice = tidy once
 
 
+def test_a_traceback_names_package_files_relative_to_the_checkout():
+    nb = _notebook({}, [nbformat.v4.new_output("error", ename="ValueError", evalue="unknown word", traceback=[
+        "\u001b[36mFile \u001b[39m\u001b[32m/home/someone/course/minidalle/world.py:161\u001b[39m, in parse_prompt",
+        "Cell In[3], line 1", "ValueError: unknown word 'pink' (see /docs/minidalle/world.md)"])])
+    assert execute_notebook.tidy(nb) == 2  # one timestamp, one traceback
+    assert nb.cells[0].outputs[0].traceback == [
+        "\u001b[36mFile \u001b[39m\u001b[32mminidalle/world.py:161\u001b[39m, in parse_prompt",
+        "Cell In[3], line 1", "ValueError: unknown word 'pink' (see /docs/minidalle/world.md)"]  # not a .py: kept
+    assert execute_notebook.tidy(nb) == 0
+
+
 def test_a_real_tqdm_bar_saved_by_nbclient_reads_100_percent():
     """Run tqdm.auto in a kernel as the course's notebooks do, save the widget state, then tidy."""
     from nbclient import NotebookClient

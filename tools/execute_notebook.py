@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,13 +65,23 @@ def progress_text(model_id: str, models: dict) -> str | None:
     return f"{text(left)}|{Bar(fraction, default_len=10)}|{text(right)}"
 
 
+# an absolute path to a file of the package in a traceback: the checkout's folder names this machine
+CHECKOUT_PATH = re.compile(r"/[^\s\x1b'\"]*/(?=minidalle/[\w/]+\.py)")
+
+
 def tidy(nb: nbformat.NotebookNode) -> int:
-    """Rewrite progress bars' text fallbacks to their final state, drop execution timestamps; returns changes."""
+    """Rewrite progress bars' text fallbacks to their final state, drop execution timestamps, make tracebacks'
+    package paths relative to the checkout (minidalle/world.py); returns changes."""
     models, changes = widget_models(nb), 0
     for cell in nb.cells:
         if cell.metadata.pop("execution", None) is not None:
             changes += 1
         for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                relative = [CHECKOUT_PATH.sub("", line) for line in output.traceback]
+                if relative != output.traceback:
+                    output.traceback = relative
+                    changes += 1
             view = output.get("data", {}).get(WIDGET_VIEW)
             final = progress_text(view.get("model_id", ""), models) if view else None
             if final is not None and output.data.get("text/plain") != final:
