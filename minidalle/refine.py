@@ -77,6 +77,11 @@ class Recipe:
         if self.decoder_lr is not None and not self.decoder_lr > 0:
             raise ValueError(f"decoder_lr must be a positive number or None (the stage's usual rate), got {self.decoder_lr!r}")
 
+    def stage_lr(self, stage: str) -> float:
+        """The learning rate of a stage's adapters (or, rank 0, of its weights)."""
+        base = self.lr if self.rank else self.full_lr
+        return (self.decoder_lr or base) if stage == "decoder" else base
+
     @property
     def world(self) -> World:
         return World.extended(*self.words)
@@ -196,7 +201,7 @@ def _optimize(groups: list[dict], loss_fn: Callable[[int], torch.Tensor], steps:
 
 def _groups(module: nn.Module, recipe: Recipe) -> list[dict]:
     """The new rows (own learning rate) and every other trainable parameter of a stage."""
-    lr = recipe.lr if recipe.rank else recipe.full_lr
+    lr = recipe.stage_lr("text")  # the rows' scale is relative to the text side's rate
     rows = [p for n, p in module.named_parameters() if p.requires_grad and n.endswith("new_rows")]
     rest = [p for n, p in module.named_parameters() if p.requires_grad and not n.endswith("new_rows")]
     return [{"params": rows, "scale": recipe.rows_lr / lr}, {"params": rest, "scale": 1.0}]
@@ -211,8 +216,7 @@ def _train_text(pipe, data: RefineData, recipe: Recipe, progress: bool) -> list[
         _, captions, image_emb = _pick(data, *_batch(data, recipe.batch_size, recipe.replay, rng))
         return contrastive_loss(image_emb, clip.encode_text(captions), scale)
 
-    lr = recipe.lr if recipe.rank else recipe.full_lr
-    return _optimize(_groups(clip, recipe), loss_fn, recipe.text_steps, lr, "refine text", progress)
+    return _optimize(_groups(clip, recipe), loss_fn, recipe.text_steps, recipe.stage_lr("text"), "refine text", progress)
 
 
 def _train_prior(pipe, data: RefineData, recipe: Recipe, progress: bool) -> list[float]:
@@ -228,8 +232,8 @@ def _train_prior(pipe, data: RefineData, recipe: Recipe, progress: bool) -> list
                 cache.update(zip(missing, pipe.clip.encode_text(missing)))
         return pipe.prior.loss(torch.stack([cache[c] for c in captions]), image_emb, generator)
 
-    lr = recipe.lr if recipe.rank else recipe.full_lr
-    return _optimize(_groups(pipe.prior, recipe), loss_fn, recipe.prior_steps, lr, "refine prior", progress)
+    return _optimize(_groups(pipe.prior, recipe), loss_fn, recipe.prior_steps, recipe.stage_lr("prior"), "refine prior",
+                     progress)
 
 
 def _train_decoder(pipe, data: RefineData, recipe: Recipe, progress: bool) -> list[float]:
@@ -241,8 +245,8 @@ def _train_decoder(pipe, data: RefineData, recipe: Recipe, progress: bool) -> li
         images, _, image_emb = _pick(data, new, old)
         return pipe.decoder.loss(images, image_emb, generator)
 
-    lr = recipe.decoder_lr or (recipe.lr if recipe.rank else recipe.full_lr)
-    return _optimize(_groups(pipe.decoder, recipe), loss_fn, recipe.decoder_steps, lr, "refine decoder", progress)
+    return _optimize(_groups(pipe.decoder, recipe), loss_fn, recipe.decoder_steps, recipe.stage_lr("decoder"),
+                     "refine decoder", progress)
 
 
 TRAIN = {"text": _train_text, "prior": _train_prior, "decoder": _train_decoder}

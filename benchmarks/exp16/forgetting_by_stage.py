@@ -26,11 +26,10 @@ prompts, _, _ = evaluation_prompts(256, seed=0)
 base = UnCLIP.from_pretrained()
 text_prior_only = load_refinement(CHECKPOINT_DIR / "refine_star_pink")
 text_prior_only.decoder = base.decoder
-out = {}
-for name, pipe in [("refined text + prior, unrefined decoder", text_prior_only)]:
-    with torch.no_grad():
-        s = score_prompts(judge.predict(pipe.generate(prompts, seed=0)), prompts, intervals=True)
-    out[name] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()
-                 if k.startswith(("seen_all", "heldout_all"))}
-    print(name, {k: v for k, v in out[name].items()}, flush=True)
+name = "refined text + prior, unrefined decoder"
+with torch.no_grad():
+    scores = score_prompts(judge.predict(text_prior_only.generate(prompts, seed=0)), prompts, intervals=True)
+out = {name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in scores.items()
+              if k.startswith(("seen_all", "heldout_all"))}}
+print(name, out[name], flush=True)
 (Path(__file__).with_name("forgetting_by_stage.json")).write_text(json.dumps(out, indent=1) + "\n")

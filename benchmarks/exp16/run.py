@@ -37,7 +37,7 @@ for a in [a for a in sys.argv[2:] if a != "--decoder-only"]:
 recipe = Recipe(**kw)
 decoder_settings = None if label == "unrefined" else {  # what the decoder stage ran with (defaults change)
     "decoder_steps": recipe.decoder_steps, "decoder_batch": recipe.decoder_batch, "decoder_replay": recipe.decoder_replay,
-    "decoder_lr": recipe.decoder_lr or (recipe.lr if recipe.rank else recipe.full_lr), "rank": recipe.rank,
+    "decoder_lr": recipe.stage_lr("decoder"), "rank": recipe.rank,
     "alpha": recipe.alpha}
 judge = load_judge(extended=True)
 pipe = UnCLIP.from_pretrained()
