@@ -52,7 +52,7 @@ class Recipe:
     lr: float = 2e-3  # LoRA; full fine-tuning uses full_lr (all weights move: smaller steps)
     full_lr: float = 2e-4
     rows_lr: float = 2e-2  # the new rows start far from where they end (row norms are about 9)
-    decoder_lr: float | None = 6e-3  # the decoder stage's own learning rate (None: lr or full_lr)
+    decoder_lr: float | None = 6e-3  # the decoder's LoRA learning rate (None: lr); full fine-tuning uses full_lr
     seed: int = 0
 
     # Fields added after refinements were saved, with the value that gives the old behaviour when missing
@@ -78,9 +78,10 @@ class Recipe:
             raise ValueError(f"decoder_lr must be a positive number or None (the stage's usual rate), got {self.decoder_lr!r}")
 
     def stage_lr(self, stage: str) -> float:
-        """The learning rate of a stage's adapters (or, rank 0, of its weights)."""
-        base = self.lr if self.rank else self.full_lr
-        return (self.decoder_lr or base) if stage == "decoder" else base
+        """The learning rate of a stage's adapters; rank 0 (every weight moves): full_lr in every stage."""
+        if not self.rank:
+            return self.full_lr
+        return self.decoder_lr or self.lr if stage == "decoder" else self.lr
 
     @property
     def world(self) -> World:

@@ -303,6 +303,10 @@ def test_decoder_stage_mixes_its_replay_ratio_and_uses_its_own_learning_rate(tin
     assert seen == {"images": 2 + 6, "emb": 8, "lr": 7e-3}  # 2 new + 3 x 2 replayed, at decoder_lr
     refine_module._train_decoder(pipe, data, dataclasses.replace(recipe, decoder_lr=None, replay=False), progress=False)
     assert seen == {"images": 2, "emb": 2, "lr": recipe.lr}  # no replay: the new examples only; lr: LoRA's
+    # full fine-tuning moves every weight: full_lr in every stage, whatever the decoder's LoRA rate
+    full = dataclasses.replace(recipe, rank=0)
+    assert [full.stage_lr(s) for s in ("text", "prior", "decoder")] == [full.full_lr] * 3
+    assert Recipe().stage_lr("decoder") == Recipe().decoder_lr != Recipe().stage_lr("prior") == Recipe().lr
     # the decoder's own settings belong to the decoder stage's cache key only
     other = dataclasses.replace(recipe, decoder_replay=1, decoder_lr=None)
     assert refine_module._stage_key(recipe, "decoder") != refine_module._stage_key(other, "decoder")

@@ -10,7 +10,8 @@ embedding -> the refined decoder (10 DDIM steps) -> the extended judge: is the n
 the whole pipeline on 64 new-concept and 64 old prompts (10 DDIM steps; refine_eval.evaluate_refinement).
 Writes LABEL.json next to this file, with the decoder stage's settings spelled out ("decoder"). The
 runs of 2026-11-30 are there (one thread each; base and dec400b16 ran before the LoRA A matrices were
-seeded by the recipe and before the old-render count was added); notebook 10 reads them.
+seeded by the recipe and before the old-render count was added); notebook 10 reads them. full3e4 ran when
+decoder_lr also set full fine-tuning's rate; it now applies to LoRA only (rerun it with rank=0 full_lr=0.0003).
 """
 import json
 import sys
