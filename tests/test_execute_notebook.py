@@ -1,5 +1,6 @@
 """tools/execute_notebook.py: saved progress bars read their final state outside JupyterLab too."""
 import importlib.util
+import json
 import re
 
 import nbformat
@@ -116,6 +117,20 @@ def test_the_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="no notebook"):
         execute_notebook.main(["--tidy-only", "99"])
     capsys.readouterr()
+
+
+def test_timings_name_each_cells_wall_time_slowest_first_and_nothing_is_saved_of_them(tmp_path):
+    path, report = tmp_path / "nb.ipynb", tmp_path / "timings.json"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("why"),
+                nbformat.v4.new_code_cell("import time\ntime.sleep(1.5)")]
+    nbformat.write(nb, path)
+    assert execute_notebook.main([str(path), "--timings", str(report)]) == 0
+    timings = json.loads(report.read_text())["nb.ipynb"]
+    slow, fast = timings["cells"]
+    assert (slow["cell"], slow["first_line"], fast["cell"]) == (2, "import time", 0)
+    assert 1.4 <= slow["seconds"] <= timings["total_s"] and fast["seconds"] < 1.0
+    assert all("execution" not in cell.metadata for cell in nbformat.read(path, as_version=4).cells)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name[:2])

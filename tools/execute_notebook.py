@@ -3,6 +3,7 @@
     python tools/execute_notebook.py 03 05        # run notebooks/03_*.ipynb and 05_* in full mode, in place
     python tools/execute_notebook.py --tidy-only 03   # no kernel: only tidy what is saved
     python tools/execute_notebook.py --check      # exit 1 if a saved notebook needs tidying
+    python tools/execute_notebook.py 08 --timings t.json   # also write each cell's wall time (slowest first)
 
 Executing uses nbclient with the widget state stored (JupyterLab then draws the saved progress bars),
 in full mode (MINIDALLE_FAST unset), with this checkout's `minidalle` on PYTHONPATH. Tidying:
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 import re
 import sys
@@ -90,13 +92,30 @@ def tidy(nb: nbformat.NotebookNode) -> int:
     return changes
 
 
+def cell_seconds(nb: nbformat.NotebookNode) -> list[dict]:
+    """Wall time of each executed code cell, slowest first, from the timestamps nbclient records (before tidy)."""
+    from datetime import datetime
+
+    rows = []
+    for index, cell in enumerate(nb.cells):
+        stamps = cell.metadata.get("execution", {})
+        start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
+        if cell.cell_type == "code" and start and end:
+            seconds = (datetime.fromisoformat(end.replace("Z", "+00:00")) -
+                       datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+            rows.append({"cell": index, "id": cell.get("id"), "seconds": round(seconds, 1),
+                         "first_line": cell.source.splitlines()[0][:80] if cell.source else ""})
+    return sorted(rows, key=lambda row: -row["seconds"])
+
+
 def execute(nb: nbformat.NotebookNode, timeout: int = 3600) -> None:
-    """Run every cell in full mode, in the notebooks' folder, keeping the widget state."""
+    """Run every cell in full mode, in the notebooks' folder, keeping the widget state (and, until tidied,
+    each cell's execution timestamps)."""
     from nbclient import NotebookClient
 
     os.environ.pop("MINIDALLE_FAST", None)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True, record_timing=False,
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True, record_timing=True,
                    resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
 
 
@@ -119,15 +138,17 @@ def main(argv=None) -> int:
     parser.add_argument("--tidy-only", action="store_true", help="do not execute, only tidy the saved outputs")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a notebook needs tidying")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    parser.add_argument("--timings", type=Path, help="write each executed cell's wall time to this JSON file")
     args = parser.parse_args(argv)
     if not args.notebooks and not args.check:
         parser.error("name the notebooks to execute (or use --check)")
-    stale = []
+    stale, timings = [], {}
     for path in resolve(args.notebooks):
         nb = nbformat.read(path, as_version=4)
         start = time.perf_counter()
         if not (args.check or args.tidy_only):
             execute(nb, args.timeout)
+            timings[path.name] = {"total_s": round(time.perf_counter() - start, 1), "cells": cell_seconds(nb)}
         changes = tidy(nb)
         if args.check:
             if changes:
@@ -137,6 +158,8 @@ def main(argv=None) -> int:
         nbformat.write(nb, path)
         ran = "" if args.tidy_only else f"executed in {time.perf_counter() - start:.0f} s, "
         print(f"{path.name}: {ran}{changes} outputs/cells tidied")
+    if args.timings and timings:
+        args.timings.write_text(json.dumps(timings, indent=1) + "\n")
     if stale:
         print("run `python tools/execute_notebook.py --tidy-only NN` (or re-execute them)", file=sys.stderr)
     return 1 if stale else 0
