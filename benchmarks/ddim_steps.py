@@ -21,7 +21,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from minidalle.evaluate import _asked, _checks, evaluation_prompts, load_judge, score_prompts  # noqa: E402
+from minidalle.evaluate import _asked, _checks, bootstrap_interval, evaluation_prompts, load_judge, score_prompts  # noqa: E402
 from minidalle.pipeline import UnCLIP  # noqa: E402
 from minidalle.world import make_dataset  # noqa: E402
 
@@ -31,9 +31,7 @@ STEP_COUNTS = (50, 25, 16, 10, 8)  # 50 first: every other count is compared wit
 def paired_difference(ok: np.ndarray, reference: np.ndarray, resamples: int = 4000, seed: int = 0):
     """Mean of ok - reference (per prompt, 0/1) and its 95 % bootstrap interval over prompts."""
     d = ok.astype(int) - reference.astype(int)
-    rng = np.random.default_rng(seed)
-    boots = [d[rng.integers(0, len(d), len(d))].mean() for _ in range(resamples)]
-    return float(d.mean()), [float(np.quantile(boots, q)) for q in (0.025, 0.975)]
+    return float(d.mean()), list(bootstrap_interval(d, resamples=resamples, seed=seed))
 
 
 @torch.no_grad()
