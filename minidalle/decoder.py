@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidalle import checkpoints
-from minidalle.diffusion import PREDICTIONS, ddim_invert, ddim_sample, make_schedule, q_sample, training_target
+from minidalle.diffusion import (PREDICTIONS, ddim_invert, ddim_sample, make_schedule, min_snr_weight, q_sample,
+                                 training_target)
 from minidalle.unet import UNet, UNetConfig
 
 
@@ -27,6 +28,9 @@ class DecoderConfig:
     drop_condition: float = 0.1  # classifier-free guidance: train unconditionally this often
     guidance: float = 2.0  # default sampling guidance (1 = plain conditional; 2 judged better on 512 prompts)
     steps: int = 16  # default DDIM steps (issue 14: no worse than 50 on the bench, a third of the time)
+    min_snr: float = 0.0  # 0: plain MSE on the target; gamma > 0: Min-SNR-gamma loss weights (Hang et al. 2023)
+
+    ADDED_FIELDS = ("min_snr",)  # checkpoints saved before it was added load with 0 (plain MSE)
 
     @classmethod
     def tiny(cls) -> "DecoderConfig":
@@ -35,6 +39,8 @@ class DecoderConfig:
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, not {self.prediction!r}")
+        if self.min_snr < 0:
+            raise ValueError(f"min_snr must be 0 (off) or a positive gamma, not {self.min_snr}")
 
 
 class Decoder(nn.Module):
@@ -67,7 +73,11 @@ class Decoder(nn.Module):
         drop = torch.rand(B, device=self.device, generator=generator) < self.config.drop_condition
         cond = torch.where(drop[:, None], self.unet.null_embedding.expand(B, -1), embeddings.to(self.device))
         target = training_target(self.config.prediction, self.schedule, x0, noise, t)
-        return F.mse_loss(self.unet(x_t, t, cond), target)
+        if not self.config.min_snr:
+            return F.mse_loss(self.unet(x_t, t, cond), target)
+        per_sample = (self.unet(x_t, t, cond) - target).pow(2).flatten(1).mean(1)  # (B,)
+        weight = min_snr_weight(self.config.prediction, self.schedule, t, self.config.min_snr)  # (B,)
+        return (weight.to(per_sample.dtype) * per_sample).mean()
 
     def guided(self, x_t: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor, guidance: float) -> torch.Tensor:
         """Classifier-free guidance (Ho & Salimans 2022): uncond + g * (cond - uncond)."""

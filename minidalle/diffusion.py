@@ -143,6 +143,21 @@ def training_target(prediction: str, schedule: Schedule, x0: Tensor, noise: Tens
     return v_from_x0_eps(schedule, x0, noise, t)
 
 
+def min_snr_weight(prediction: str, schedule: Schedule, t: Tensor, gamma: float) -> Tensor:
+    """Per-sample loss weights (B,) of Min-SNR-gamma (Hang et al. 2023, eq. 8): the x0 error counted with
+    weight min(SNR_t, gamma), written in the units of the model's own target (||eps error||^2 is
+    SNR_t ||x0 error||^2, ||v error||^2 is (SNR_t + 1) ||x0 error||^2)."""
+    _check_prediction(prediction)
+    alpha_bar = schedule.alpha_bar.to(t.device)[t]
+    snr = alpha_bar / (1 - alpha_bar)  # (B,)
+    weight = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return weight / snr
+    if prediction == "v":
+        return weight / (snr + 1)
+    return weight
+
+
 def x0_and_eps(schedule: Schedule, x_t: Tensor, t: Timestep, output: Tensor, prediction: str = "eps",
                clip_x0: bool = False) -> tuple[Tensor, Tensor]:
     """Turn a model's output (eps, x0 or v) into both (x0, eps), each (B, ...); clip_x0 clamps x0 to [-1, 1]."""

@@ -349,7 +349,10 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
     torch.manual_seed(config.seed)
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
-    trainer = Trainer(model, decoder_loss(clip, config, data, condition), config, "decoder", save=save_decoder,
+    loss_fn = decoder_loss(clip, config, data, condition)
+    if model.config.unet.standardize:  # a resumed run loads the saved statistics over these
+        set_embedding_stats(model, loss_fn)
+    trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder,
                       out=out, resume=resume, force=force, progress=progress)
     trainer.metrics = {"condition": condition}  # saved with the checkpoint (the decoder has no evaluation)
     return trainer.run(), trainer
@@ -369,7 +372,9 @@ def decoder_loss(clip, config: TrainConfig, data=None, condition: str = "image")
     so that the diffusion and the flow decoder see the same batches (notebook 11's race).
 
     condition="text": each image is paired with the CLIP text embedding of a caption instead (for
-    renders, a random full or partial caption variant of its scene; notebook 08's ablation)."""
+    renders, a random full or partial caption variant of its scene; notebook 08's ablation).
+    loss_fn.batch(image_size, step) -> (images, embeddings) is the stream's batch at `step`.
+    """
     import numpy as np
 
     from minidalle.sources import training_batch
@@ -377,19 +382,36 @@ def decoder_loss(clip, config: TrainConfig, data=None, condition: str = "image")
 
     embed_text = _cached_text_encoder(clip) if condition == "text" else None
 
-    def loss_fn(model, step):
+    def batch(image_size, step):
         seed = distributed.rank_seed(config.seed * 1_000_003 + step)
         if condition == "text" and data is None:  # a caption drawn per render, as CLIP and the prior were trained
-            batch = make_dataset(distributed.local_batch_size(config.batch_size), "train", seed=seed + 17,
-                                 image_size=model.config.unet.image_size)
+            renders = make_dataset(distributed.local_batch_size(config.batch_size), "train", seed=seed + 17,
+                                   image_size=image_size)
             rng = np.random.default_rng([config.seed, distributed.rank_seed(step)])
-            images, embeddings = batch.images, embed_text([random_caption_variant(a, rng) for a in batch.attributes])
-        else:
-            images, captions = training_batch(data, config, step, model.config.unet.image_size, offset=17)
-            with torch.no_grad():
-                embeddings = embed_text(captions) if condition == "text" else clip.encode_image(images)
+            return renders.images, embed_text([random_caption_variant(a, rng) for a in renders.attributes])
+        images, captions = training_batch(data, config, step, image_size, offset=17)
+        with torch.no_grad():
+            return images, (embed_text(captions) if condition == "text" else clip.encode_image(images))
+
+    def loss_fn(model, step):
+        seed = distributed.rank_seed(config.seed * 1_000_003 + step)
+        images, embeddings = batch(model.config.unet.image_size, step)
         return model.loss(images, embeddings, torch.Generator(model.device).manual_seed(seed))
+    loss_fn.batch = batch
     return loss_fn
+
+
+STATS_STEP = 10**9  # set_embedding_stats reads the stream from here: no training run gets this far
+
+
+def set_embedding_stats(model, loss_fn, samples: int = 2048) -> None:
+    """For a U-Net with standardize=True: its embedding mean and std from `samples` embeddings of the
+    training stream (its batches at steps 10^9, 10^9 + 1, ...: past any run; every process's, gathered)."""
+    parts, step = [], STATS_STEP
+    while sum(len(p) for p in parts) * distributed.world_size() < samples:
+        parts.append(loss_fn.batch(model.config.unet.image_size, step)[1].to(model.device))
+        step += 1
+    model.unet.set_embedding_stats(distributed.gather(torch.cat(parts)))  # (N, E), the same on every process
 
 
 def train_flow_decoder(clip, model_config=None, config: TrainConfig | None = None, out=None, resume: bool = False,
@@ -412,7 +434,10 @@ def train_flow_decoder(clip, model_config=None, config: TrainConfig | None = Non
         model_config = FlowDecoderConfig.like(DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim)))
     model = FlowDecoder(model_config).to(clip.device)
     extra = dict(metrics or {})  # kept next to every evaluation's figures
-    trainer = Trainer(model, decoder_loss(clip, config), config, "flow_decoder", save=save_flow_decoder, out=out,
+    loss_fn = decoder_loss(clip, config)
+    if model.config.unet.standardize:
+        set_embedding_stats(model, loss_fn)
+    trainer = Trainer(model, loss_fn, config, "flow_decoder", save=save_flow_decoder, out=out,
                       resume=resume, force=force, progress=progress,
                       evaluate=(lambda m: dict(extra, **evaluate(m))) if evaluate else None)
     trainer.metrics = extra

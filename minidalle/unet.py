@@ -28,6 +28,12 @@ class UNetConfig:
     embed_dim: int = 64  # CLIP embedding width
     context_tokens: int = 4
     dropout: float = 0.0
+    # Standardize the embedding with the training embeddings' per-dimension mean and std (buffers the
+    # trainer fills) before projecting it: CLIP embeddings are unit vectors that differ from scene to
+    # scene by a few hundredths per dimension, so the raw projections start out nearly blind to them.
+    standardize: bool = False
+
+    ADDED_FIELDS = ("standardize",)  # checkpoints saved before it was added load with False
 
     @classmethod
     def tiny(cls) -> "UNetConfig":
@@ -96,6 +102,9 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(c.width, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.cond_proj = nn.Linear(c.embed_dim, emb_dim)
         self.null_embedding = nn.Parameter(torch.zeros(c.embed_dim))  # "no condition", for guidance
+        if c.standardize:  # identity until set_embedding_stats; saved with the weights
+            self.register_buffer("embed_mean", torch.zeros(c.embed_dim))
+            self.register_buffer("embed_std", torch.ones(c.embed_dim))
         self.attn_width = attn_width = c.width * c.mults[-1]
         self.context_proj = nn.Linear(c.embed_dim, c.context_tokens * attn_width)
         self.stem = nn.Conv2d(3, c.width, c.patch, stride=c.patch)  # (B, C, S/p, S/p)
@@ -125,6 +134,18 @@ class UNet(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(),
                                  nn.Conv2d(channels, 3 * c.patch**2, 3, padding=1), nn.PixelShuffle(c.patch))
 
+    @torch.no_grad()
+    def set_embedding_stats(self, embeddings: torch.Tensor) -> None:
+        """Per-dimension mean and std of training embeddings (N, E), for config.standardize."""
+        if not self.config.standardize:
+            raise ValueError("set_embedding_stats needs UNetConfig(standardize=True)")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.config.embed_dim or len(embeddings) < 2:
+            raise ValueError(f"expected at least 2 embeddings of shape (N, {self.config.embed_dim}), "
+                             f"got {tuple(embeddings.shape)}")
+        self.embed_mean.copy_(embeddings.mean(0))
+        self.embed_std.copy_(embeddings.std(0).clamp(min=1e-4))
+        self.null_embedding.copy_(self.embed_mean)  # "no condition" starts at the standardized origin
+
     def _level_block(self, c_in: int, c_out: int, emb_dim: int, side: int) -> nn.ModuleList:
         blocks = [ResBlock(c_in, c_out, emb_dim, self.config.dropout)]
         if side <= self.config.attention_below:
@@ -140,6 +161,8 @@ class UNet(nn.Module):
         B = x.shape[0]
         if embedding is None:
             embedding = self.null_embedding.expand(B, -1)
+        if self.config.standardize:  # the null embedding too: it is learned in the standardized space
+            embedding = (embedding - self.embed_mean) / self.embed_std  # (B, E)
         emb = self.time_mlp(timestep_embedding(t, self.config.width)) + self.cond_proj(embedding)  # (B, 4C)
         context = self.context_proj(embedding).view(B, self.config.context_tokens, self.attn_width)  # (B, K, C)
         h = self.stem(x)  # (B, C, S/p, S/p)

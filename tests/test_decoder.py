@@ -1,4 +1,5 @@
 """U-Net and decoder: shapes, guidance, determinism, overfitting, checkpoints."""
+import dataclasses
 import json
 
 import pytest
@@ -153,3 +154,78 @@ def test_train_decoder_conditions_on_image_or_text_embeddings(condition, tmp_pat
     assert loaded.metrics["condition"] == condition and trainer.step == 2
     with pytest.raises(ValueError, match="condition must be"):
         train_decoder(clip, DecoderConfig.tiny(), config, condition="caption")
+
+
+def test_standardize_maps_training_embeddings_to_zero_mean_unit_std():
+    """UNetConfig(standardize=True) projects (e - mean) / std of the training embeddings: the same as a
+    plain U-Net fed the standardized embeddings by hand, and the null embedding starts at the origin."""
+    torch.manual_seed(0)
+    config = UNetConfig.tiny()
+    plain, std = UNet(config), UNet(dataclasses.replace(config, standardize=True))
+    std.load_state_dict(plain.state_dict(), strict=False)  # same weights; the statistics stay identity
+    train = 0.3 + 0.02 * torch.randn(500, 16)  # unit-norm-like: a large shared mean, small spread
+    std.set_embedding_stats(train)
+    mean, sd = train.mean(0), train.std(0)
+    x, t, e = torch.randn(3, 3, 32, 32), torch.tensor([1, 50, 99]), train[:3]
+    torch.testing.assert_close(std(x, t, e), plain(x, t, (e - mean) / sd))
+    torch.testing.assert_close(std(x, t, None), plain(x, t, torch.zeros(3, 16)))  # null = the mean
+    standardized = (train - std.embed_mean) / std.embed_std
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(standardized.std(0), torch.ones(16), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="standardize=True"):
+        plain.set_embedding_stats(train)
+    with pytest.raises(ValueError, match=r"\(N, 16\)"):
+        std.set_embedding_stats(torch.randn(5, 8))
+
+
+def test_standardized_decoder_trains_saves_and_loads(tmp_path):
+    """train_decoder fills the statistics from the training stream before step 1; they are saved with
+    the weights; a checkpoint without the field (saved before it existed) loads as standardize=False."""
+    from minidalle.clip import CLIP, CLIPConfig
+    from minidalle.train import STATS_STEP, TrainConfig, decoder_loss, train_decoder
+
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig.tiny()).eval()
+    config = DecoderConfig(unet=dataclasses.replace(UNetConfig.tiny(), standardize=True), T=100, steps=5)
+    recipe = TrainConfig(steps=2, batch_size=64, warmup=1, eval_every=10, save_every=10)
+    model, _ = train_decoder(clip, config, recipe, out=tmp_path / "std", progress=False)
+    stream = decoder_loss(clip, recipe)
+    want = torch.cat([stream.batch(32, STATS_STEP + k)[1] for k in range(32)])  # 32 batches of 64
+    torch.testing.assert_close(model.unet.embed_mean, want.mean(0))
+    torch.testing.assert_close(model.unet.embed_std, want.std(0))
+    loaded = load_decoder(tmp_path / "std")
+    assert loaded.config.unet.standardize
+    torch.testing.assert_close(loaded.unet.embed_std, model.unet.embed_std)
+    e = torch.randn(2, 16)
+    torch.testing.assert_close(loaded.sample(e, seed=0), model.eval().sample(e, seed=0))
+
+    save_decoder(Decoder(DecoderConfig.tiny()), tmp_path / "old")
+    meta = json.loads((tmp_path / "old.json").read_text())
+    del meta["config"]["unet"]["standardize"]  # as the shipped checkpoints were saved
+    (tmp_path / "old.json").write_text(json.dumps(meta))
+    assert not load_decoder(tmp_path / "old").config.unet.standardize
+
+
+def test_min_snr_loss_is_the_weighted_per_sample_mse():
+    """DecoderConfig(min_snr=gamma): the loss is the mean of Min-SNR weights times each sample's MSE,
+    drawn with the same t, noise and condition dropout as the plain loss."""
+    from minidalle.diffusion import min_snr_weight
+
+    torch.manual_seed(0)
+    plain = Decoder(DecoderConfig.tiny())
+    weighted = Decoder(dataclasses.replace(DecoderConfig.tiny(), min_snr=5.0))
+    weighted.load_state_dict(plain.state_dict())
+    images, e = torch.rand(6, 3, 32, 32), torch.randn(6, 16)
+    seen = {}
+    original = plain.unet.forward
+    plain.unet.forward = lambda x, t, c: seen.setdefault("io", (t, original(x, t, c)))[1]
+    plain.loss(images, e, torch.Generator().manual_seed(3))
+    t, _ = seen["io"]
+    assert torch.equal(t, torch.randint(0, 100, (6,), generator=torch.Generator().manual_seed(3)))
+    x0 = images * 2 - 1  # the x0 decoder's target
+    per_sample = (seen["io"][1] - x0).pow(2).flatten(1).mean(1)
+    want = (min_snr_weight("x0", plain.schedule, t, 5.0).float() * per_sample).mean()
+    torch.testing.assert_close(weighted.loss(images, e, torch.Generator().manual_seed(3)), want)
+    assert not torch.isclose(want, plain.loss(images, e, torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="min_snr"):
+        DecoderConfig(min_snr=-1.0)

@@ -304,3 +304,22 @@ def test_samplers_run_on_cuda():
     x0 = torch.randn(4, 5, device="cuda")
     t = torch.tensor([0, 5, 10, 19], device="cuda")
     assert D.q_sample(x0, t, torch.randn_like(x0), schedule).device.type == "cuda"
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_min_snr_weight_counts_the_x0_error_with_min_snr_gamma(prediction):
+    """Min-SNR-gamma (Hang et al. 2023): whatever the model predicts, weight * ||target error||^2 equals
+    min(SNR_t, gamma) * ||x0 error||^2, the x0 error of the same prediction."""
+    torch.manual_seed(0)
+    schedule = D.make_schedule("cosine", 1000)
+    t = torch.tensor([0, 100, 500, 900, 999])
+    x0, noise = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
+    x_t = D.q_sample(x0, t, noise, schedule)
+    target = D.training_target(prediction, schedule, x0, noise, t)
+    output = target + 0.1 * torch.randn_like(target)  # an imperfect model
+    x0_hat, _ = D.x0_and_eps(schedule, x_t, t, output, prediction)
+    snr = schedule.alpha_bar[t] / (1 - schedule.alpha_bar[t])
+    weighted = D.min_snr_weight(prediction, schedule, t, 5.0) * (output - target).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(weighted, snr.clamp(max=5.0) * (x0_hat - x0).pow(2).flatten(1).sum(1),
+                               rtol=1e-3, atol=1e-6)
+    assert D.min_snr_weight(prediction, schedule, t, 1e9).shape == (5,)

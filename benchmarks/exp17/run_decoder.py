@@ -1,0 +1,94 @@
+"""Issue 17's decoder experiments: train a decoder at a shorter budget with one lever changed, then judge it.
+
+    python benchmarks/exp17/run_decoder.py NAME STEPS [--standardize] [--min-snr G] [--attention-below S]
+                                           [--width W] [--threads 2] [--prompts 256]
+
+Trains the shipped recipe (DECODER_TRAIN with `steps` steps, warmup 100, EMA 0.995) on the shipped
+CLIP into data/runs/exp17/NAME (git-ignored), then judges default-settings samples (16 DDIM steps,
+guidance 2) of `prompts` fresh full prompts (evaluation_prompts, seed 0: half seen, half held-out),
+decoded from (a) the real renders' CLIP image embeddings and (b) the shipped prior's. Appends one
+JSON line per run to benchmarks/exp17/results.jsonl: every attribute right at once, the stripe
+colour among striped prompts, per-prompt outcomes (for paired comparisons between runs), train
+seconds and threads.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import minidalle
+from minidalle.clip import load_clip
+from minidalle.decoder import DecoderConfig, load_decoder
+from minidalle.evaluate import evaluation_prompts, load_judge, score_prompts
+from minidalle.pipeline import UnCLIP
+from minidalle.prior import load_prior
+from minidalle.train import DECODER_TRAIN, train_decoder
+from minidalle.unet import UNetConfig
+from minidalle.world import parse_prompt
+
+HERE = Path(__file__).resolve().parent
+
+
+def per_prompt(judged, prompts):
+    """(all right, stripe colour right or None) per prompt."""
+    rows = []
+    for got, prompt in zip(judged, prompts):
+        s = score_prompts([got], [prompt])
+        group = "seen" if not np.isnan(s["seen_all"]) else "heldout"
+        asked = parse_prompt(prompt)
+        rows.append((bool(s[f"{group}_all"]), bool(got.color2 == asked.color2) if asked.striped else None))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name")
+    parser.add_argument("steps", type=int)
+    parser.add_argument("--standardize", action="store_true")
+    parser.add_argument("--min-snr", type=float, default=0.0)
+    parser.add_argument("--attention-below", type=int, default=8)
+    parser.add_argument("--width", type=int, default=48)
+    parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=256)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    clip, prior = load_clip(), load_prior()
+    unet = UNetConfig(embed_dim=clip.config.embed_dim, standardize=args.standardize,
+                      attention_below=args.attention_below, width=args.width)
+    config = DecoderConfig(unet=unet, min_snr=args.min_snr)
+    recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, eval_every=10**9, save_every=args.steps)
+    out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
+    start = time.perf_counter()
+    if not args.eval_only:
+        train_decoder(clip, config, recipe, out=out, force=True, progress=False)
+    decoder = load_decoder(out)  # its EMA weights
+    train_seconds = decoder.metrics.get("train_seconds", time.perf_counter() - start)
+    pipe, judge = UnCLIP(clip, prior, decoder), load_judge()
+    prompts, _, real = evaluation_prompts(args.prompts, seed=0)
+    half = args.prompts // 2
+    row = {"name": args.name, "steps": args.steps, "standardize": args.standardize, "min_snr": args.min_snr,
+           "attention_below": args.attention_below, "width": args.width, "threads": args.threads,
+           "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
+    with torch.no_grad():
+        conditions = {"real": clip.encode_image(real), "prior": pipe.prior_embedding(prompts, seed=0)}
+    for source, embeddings in conditions.items():
+        outcomes = per_prompt(judge.predict(decoder.sample(embeddings, seed=0)), prompts)
+        for group, part in (("seen", outcomes[:half]), ("heldout", outcomes[half:])):
+            stripes = [c for _, c in part if c is not None]
+            row[f"{source}_{group}_all"] = round(float(np.mean([a for a, _ in part])), 4)
+            row[f"{source}_{group}_color2"] = round(float(np.mean(stripes)), 4)
+        row[f"{source}_outcomes"] = "".join("1" if a else "0" for a, _ in outcomes)
+    with open(HERE / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if not k.endswith("outcomes")}))
+
+
+if __name__ == "__main__":
+    main()
