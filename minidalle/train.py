@@ -350,8 +350,7 @@ def train_decoder(clip, model_config=None, config: TrainConfig = DECODER_TRAIN, 
     clip = clip.eval().requires_grad_(False)
     model = Decoder(model_config or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))).to(clip.device)
     loss_fn = decoder_loss(clip, config, data, condition)
-    if model.config.unet.standardize:  # a resumed run loads the saved statistics over these
-        set_embedding_stats(model, loss_fn)
+    set_embedding_stats(model, loss_fn)  # a resumed run loads the saved statistics over these
     trainer = Trainer(model, loss_fn, config, "decoder", save=save_decoder,
                       out=out, resume=resume, force=force, progress=progress)
     trainer.metrics = {"condition": condition}  # saved with the checkpoint (the decoder has no evaluation)
@@ -382,10 +381,12 @@ def decoder_loss(clip, config: TrainConfig, data=None, condition: str = "image")
 
     embed_text = _cached_text_encoder(clip) if condition == "text" else None
 
+    def step_seed(step):
+        return distributed.rank_seed(config.seed * 1_000_003 + step)
+
     def batch(image_size, step):
-        seed = distributed.rank_seed(config.seed * 1_000_003 + step)
         if condition == "text" and data is None:  # a caption drawn per render, as CLIP and the prior were trained
-            renders = make_dataset(distributed.local_batch_size(config.batch_size), "train", seed=seed + 17,
+            renders = make_dataset(distributed.local_batch_size(config.batch_size), "train", seed=step_seed(step) + 17,
                                    image_size=image_size)
             rng = np.random.default_rng([config.seed, distributed.rank_seed(step)])
             return renders.images, embed_text([random_caption_variant(a, rng) for a in renders.attributes])
@@ -394,9 +395,8 @@ def decoder_loss(clip, config: TrainConfig, data=None, condition: str = "image")
             return images, (embed_text(captions) if condition == "text" else clip.encode_image(images))
 
     def loss_fn(model, step):
-        seed = distributed.rank_seed(config.seed * 1_000_003 + step)
         images, embeddings = batch(model.config.unet.image_size, step)
-        return model.loss(images, embeddings, torch.Generator(model.device).manual_seed(seed))
+        return model.loss(images, embeddings, torch.Generator(model.device).manual_seed(step_seed(step)))
     loss_fn.batch = batch
     return loss_fn
 
@@ -406,7 +406,10 @@ STATS_STEP = 10**9  # set_embedding_stats reads the stream from here: no trainin
 
 def set_embedding_stats(model, loss_fn, samples: int = 2048) -> None:
     """For a U-Net with standardize=True: its embedding mean and std from `samples` embeddings of the
-    training stream (its batches at steps 10^9, 10^9 + 1, ...: past any run; every process's, gathered)."""
+    training stream (its batches at steps 10^9, 10^9 + 1, ...: past any run; every process's, gathered).
+    Any other model is left as it is."""
+    if not model.config.unet.standardize:
+        return
     parts, step = [], STATS_STEP
     while sum(len(p) for p in parts) * distributed.world_size() < samples:
         parts.append(loss_fn.batch(model.config.unet.image_size, step)[1].to(model.device))
@@ -435,8 +438,7 @@ def train_flow_decoder(clip, model_config=None, config: TrainConfig | None = Non
     model = FlowDecoder(model_config).to(clip.device)
     extra = dict(metrics or {})  # kept next to every evaluation's figures
     loss_fn = decoder_loss(clip, config)
-    if model.config.unet.standardize:
-        set_embedding_stats(model, loss_fn)
+    set_embedding_stats(model, loss_fn)
     trainer = Trainer(model, loss_fn, config, "flow_decoder", save=save_flow_decoder, out=out,
                       resume=resume, force=force, progress=progress,
                       evaluate=(lambda m: dict(extra, **evaluate(m))) if evaluate else None)
