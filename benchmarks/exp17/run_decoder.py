@@ -1,7 +1,9 @@
 """Issue 17's decoder experiments: train a decoder at a shorter budget with one lever changed, then judge it.
 
     python benchmarks/exp17/run_decoder.py NAME STEPS [--standardize] [--min-snr G] [--attention-below S]
-                                           [--width W] [--threads 2] [--prompts 256]
+                                           [--width W] [--context-tokens K] [--batch B] [--lr LR]
+                                           [--threads 2] [--prompts 256]
+                                           [--eval-only [--sample-steps N] [--eta E] [--guidance G] --tag SUFFIX]
 
 Trains the shipped recipe (DECODER_TRAIN with `steps` steps, warmup 100, EMA 0.995) on the shipped
 CLIP into data/runs/exp17/NAME (git-ignored), then judges default-settings samples (16 DDIM steps,
@@ -54,16 +56,25 @@ def main():
     parser.add_argument("--min-snr", type=float, default=0.0)
     parser.add_argument("--attention-below", type=int, default=8)
     parser.add_argument("--width", type=int, default=48)
+    parser.add_argument("--context-tokens", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
+    parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
+    parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the decoder's)")
+    parser.add_argument("--tag", default="", help="a suffix for the result's name (e.g. a sampler setting)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip, prior = load_clip(), load_prior()
     unet = UNetConfig(embed_dim=clip.config.embed_dim, standardize=args.standardize,
-                      attention_below=args.attention_below, width=args.width)
+                      attention_below=args.attention_below, width=args.width,
+                      context_tokens=args.context_tokens)
     config = DecoderConfig(unet=unet, min_snr=args.min_snr)
-    recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, eval_every=10**9, save_every=args.steps)
+    recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr,
+                                 eval_every=10**9, save_every=args.steps)
     out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
     start = time.perf_counter()
     if not args.eval_only:
@@ -73,13 +84,17 @@ def main():
     pipe, judge = UnCLIP(clip, prior, decoder), load_judge()
     prompts, _, real = evaluation_prompts(args.prompts, seed=0)
     half = args.prompts // 2
-    row = {"name": args.name, "steps": args.steps, "standardize": args.standardize, "min_snr": args.min_snr,
+    row = {"name": args.name + args.tag, "steps": args.steps, "standardize": args.standardize, "min_snr": args.min_snr,
            "attention_below": args.attention_below, "width": args.width, "threads": args.threads,
+           "context_tokens": args.context_tokens, "batch": args.batch, "lr": args.lr,
+           "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
+           "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
     with torch.no_grad():
         conditions = {"real": clip.encode_image(real), "prior": pipe.prior_embedding(prompts, seed=0)}
     for source, embeddings in conditions.items():
-        outcomes = per_prompt(judge.predict(decoder.sample(embeddings, seed=0)), prompts)
+        outcomes = per_prompt(judge.predict(decoder.sample(embeddings, seed=0, steps=args.sample_steps,
+                                                               guidance=args.guidance, eta=args.eta)), prompts)
         for group, part in (("seen", outcomes[:half]), ("heldout", outcomes[half:])):
             stripes = [c for _, c in part if c is not None]
             row[f"{source}_{group}_all"] = round(float(np.mean([a for a, _ in part])), 4)
