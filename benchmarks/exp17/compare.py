@@ -23,14 +23,15 @@ def main():
         row = json.loads(line)
         runs[row["name"]] = row  # the latest run of a name counts
     base = runs[sys.argv[1] if len(sys.argv) > 1 else "base1k"]
-    print(f"{'run':<12}{'source':<7}{'all right seen / held-out':>28}{'stripe colour seen / held-out':>32}"
+    w = max(len(name) for name in runs) + 2  # the run column
+    print(f"{'run':<{w}}{'source':<7}{'all right seen / held-out':>28}{'stripe colour seen / held-out':>32}"
           f"{'paired diff vs ' + base['name'] + ' [95 %]':>36}")
     for name, row in runs.items():
         for source in ("real", "prior"):
             a = np.array([int(c) for c in row[f"{source}_outcomes"]])
             b = np.array([int(c) for c in base[f"{source}_outcomes"]])
             lo, hi = bootstrap_interval(a - b)
-            print(f"{name:<12}{source:<7}{row[f'{source}_seen_all']:>16.3f} / {row[f'{source}_heldout_all']:.3f}"
+            print(f"{name:<{w}}{source:<7}{row[f'{source}_seen_all']:>16.3f} / {row[f'{source}_heldout_all']:.3f}"
                   f"{row[f'{source}_seen_color2']:>21.3f} / {row[f'{source}_heldout_color2']:.3f}"
                   f"{(a - b).mean():>+22.3f} [{lo:+.3f}, {hi:+.3f}]")
 

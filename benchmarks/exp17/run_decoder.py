@@ -1,7 +1,7 @@
 """Issue 17's decoder experiments: train a decoder at a shorter budget with one lever changed, then judge it.
 
     python benchmarks/exp17/run_decoder.py NAME STEPS [--standardize] [--min-snr G] [--attention-below S]
-                                           [--width W] [--context-tokens K] [--batch B] [--lr LR]
+                                           [--width W] [--context-tokens K] [--batch B] [--lr LR] [--ema D]
                                            [--threads 2] [--prompts 256]
                                            [--eval-only [--sample-steps N] [--eta E] [--guidance G] --tag SUFFIX]
 
@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--context-tokens", type=int, default=4)
     parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
+    parser.add_argument("--ema", type=float, default=DECODER_TRAIN.ema)
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -73,7 +74,7 @@ def main():
                       attention_below=args.attention_below, width=args.width,
                       context_tokens=args.context_tokens)
     config = DecoderConfig(unet=unet, min_snr=args.min_snr)
-    recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr,
+    recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr, ema=args.ema,
                                  eval_every=10**9, save_every=args.steps)
     out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
     start = time.perf_counter()
@@ -86,7 +87,7 @@ def main():
     half = args.prompts // 2
     row = {"name": args.name + args.tag, "steps": args.steps, "standardize": args.standardize, "min_snr": args.min_snr,
            "attention_below": args.attention_below, "width": args.width, "threads": args.threads,
-           "context_tokens": args.context_tokens, "batch": args.batch, "lr": args.lr,
+           "context_tokens": args.context_tokens, "batch": args.batch, "lr": args.lr, "ema": args.ema,
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
