@@ -22,18 +22,16 @@ from minidalle.evaluate import evaluation_prompts, load_judge
 from minidalle.pipeline import UnCLIP
 from minidalle.prior import load_prior
 from minidalle.world import parse_prompt
-from run_decoder import per_prompt
+from run_decoder import group_rates, per_prompt
 
 ATTRIBUTES = ("shape", "color", "striped", "color2", "size", "position")
 
 
 def summary(judged, prompts):
     """'all right / stripe colour' for the seen half and the held-out half."""
-    outcomes, half, parts = per_prompt(judged, prompts), len(prompts) // 2, []
-    for part in (outcomes[:half], outcomes[half:]):
-        stripes = [c for _, c in part if c is not None]
-        parts.append(f"{np.mean([a for a, _ in part]):.3f} / {np.mean(stripes):.3f}")
-    return "seen " + parts[0] + ", held-out " + parts[1]
+    rates = group_rates(per_prompt(judged, prompts))
+    return ", ".join(f"{label} {rates[group][0]:.3f} / {rates[group][1]:.3f}"
+                     for group, label in (("seen", "seen"), ("heldout", "held-out")))
 
 
 def main():

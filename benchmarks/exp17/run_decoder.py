@@ -5,13 +5,14 @@
                                            [--threads 2] [--prompts 256]
                                            [--eval-only [--sample-steps N] [--eta E] [--guidance G] --tag SUFFIX]
 
-Trains the shipped recipe (DECODER_TRAIN with `steps` steps, warmup 100, EMA 0.995) on the shipped
-CLIP into data/runs/exp17/NAME (git-ignored), then judges default-settings samples (16 DDIM steps,
-guidance 2) of `prompts` fresh full prompts (evaluation_prompts, seed 0: half seen, half held-out),
+Trains the shipped recipe (DECODER_TRAIN with `steps` steps, and the options' changes) on the shipped
+CLIP into data/runs/exp17/NAME (git-ignored), then judges samples (the decoder's default 16 DDIM steps
+and guidance 2, unless --sample-steps / --guidance / --eta say otherwise) of `prompts` fresh full prompts (evaluation_prompts, seed 0: half seen, half held-out),
 decoded from (a) the real renders' CLIP image embeddings and (b) the shipped prior's. Appends one
 JSON line per run to benchmarks/exp17/results.jsonl: every attribute right at once, the stripe
 colour among striped prompts, per-prompt outcomes (for paired comparisons between runs), train
-seconds and threads.
+seconds and threads. The row records the model and recipe the checkpoint itself records, so an
+--eval-only run needs no training options.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from minidalle.decoder import DecoderConfig, load_decoder
 from minidalle.evaluate import evaluation_prompts, load_judge, score_prompts
 from minidalle.pipeline import UnCLIP
 from minidalle.prior import load_prior
-from minidalle.train import DECODER_TRAIN, train_decoder
+from minidalle.train import DECODER_TRAIN, recorded_config, train_decoder
 from minidalle.unet import UNetConfig
 from minidalle.world import parse_prompt
 
@@ -48,15 +49,25 @@ def per_prompt(judged, prompts):
     return rows
 
 
+def group_rates(outcomes):
+    """{group: (every attribute right, stripe colour right among striped)} for the seen first half and
+    the held-out second half of per_prompt's outcomes."""
+    half, rates = len(outcomes) // 2, {}
+    for group, part in (("seen", outcomes[:half]), ("heldout", outcomes[half:])):
+        stripes = [c for _, c in part if c is not None]
+        rates[group] = (float(np.mean([a for a, _ in part])), float(np.mean(stripes)))
+    return rates
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("steps", type=int)
     parser.add_argument("--standardize", action="store_true")
     parser.add_argument("--min-snr", type=float, default=0.0)
-    parser.add_argument("--attention-below", type=int, default=8)
-    parser.add_argument("--width", type=int, default=48)
-    parser.add_argument("--context-tokens", type=int, default=4)
+    parser.add_argument("--attention-below", type=int, default=UNetConfig.attention_below)
+    parser.add_argument("--width", type=int, default=UNetConfig.width)
+    parser.add_argument("--context-tokens", type=int, default=UNetConfig.context_tokens)
     parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
     parser.add_argument("--ema", type=float, default=DECODER_TRAIN.ema)
@@ -84,10 +95,11 @@ def main():
     train_seconds = decoder.metrics.get("train_seconds", time.perf_counter() - start)
     pipe, judge = UnCLIP(clip, prior, decoder), load_judge()
     prompts, _, real = evaluation_prompts(args.prompts, seed=0)
-    half = args.prompts // 2
-    row = {"name": args.name + args.tag, "steps": args.steps, "standardize": args.standardize, "min_snr": args.min_snr,
-           "attention_below": args.attention_below, "width": args.width, "threads": args.threads,
-           "context_tokens": args.context_tokens, "batch": args.batch, "lr": args.lr, "ema": args.ema,
+    trained, unet = recorded_config(decoder.metrics, DECODER_TRAIN), decoder.config.unet
+    row = {"name": args.name + args.tag, "steps": trained.steps, "standardize": unet.standardize,
+           "min_snr": decoder.config.min_snr, "attention_below": unet.attention_below, "width": unet.width,
+           "threads": args.threads, "context_tokens": unet.context_tokens, "batch": trained.batch_size,
+           "lr": trained.lr, "ema": trained.ema,
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
@@ -96,10 +108,8 @@ def main():
     for source, embeddings in conditions.items():
         outcomes = per_prompt(judge.predict(decoder.sample(embeddings, seed=0, steps=args.sample_steps,
                                                                guidance=args.guidance, eta=args.eta)), prompts)
-        for group, part in (("seen", outcomes[:half]), ("heldout", outcomes[half:])):
-            stripes = [c for _, c in part if c is not None]
-            row[f"{source}_{group}_all"] = round(float(np.mean([a for a, _ in part])), 4)
-            row[f"{source}_{group}_color2"] = round(float(np.mean(stripes)), 4)
+        for group, (right, stripe) in group_rates(outcomes).items():
+            row[f"{source}_{group}_all"], row[f"{source}_{group}_color2"] = round(right, 4), round(stripe, 4)
         row[f"{source}_outcomes"] = "".join("1" if a else "0" for a, _ in outcomes)
     with open(HERE / "results.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
