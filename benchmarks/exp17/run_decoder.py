@@ -59,6 +59,25 @@ def group_rates(outcomes):
     return rates
 
 
+def with_t_power(power: float) -> None:
+    """Make Decoder.loss draw its timesteps as floor(T * u**power) instead of uniformly (this process only)."""
+    import minidalle.decoder as decoder_module
+
+    randint = torch.randint
+
+    class Skewed:  # stands in for the torch module inside minidalle.decoder: only randint changes
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def randint(low, high, size, device=None, generator=None):
+            u = torch.rand(size, device=device, generator=generator)
+            return (low + (high - low) * u.pow(power)).long().clamp(max=high - 1)
+
+    assert decoder_module.torch.randint is randint
+    decoder_module.torch = Skewed()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -71,6 +90,8 @@ def main():
     parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
     parser.add_argument("--ema", type=float, default=DECODER_TRAIN.ema)
+    parser.add_argument("--t-power", type=float, default=1.0,
+                        help="train on t = floor(T * u**p), u uniform: p < 1 more high-noise steps, p > 1 more low-noise")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -89,6 +110,8 @@ def main():
                                  eval_every=10**9, save_every=args.steps)
     out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
     start = time.perf_counter()
+    if args.t_power != 1.0:
+        with_t_power(args.t_power)
     if not args.eval_only:
         train_decoder(clip, config, recipe, out=out, force=True, progress=False)
     decoder = load_decoder(out)  # its EMA weights
@@ -103,6 +126,8 @@ def main():
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
+    if args.t_power != 1.0:  # not recorded by the checkpoint: only a run trained here knows it
+        row["t_power"] = args.t_power
     with torch.no_grad():
         conditions = {"real": clip.encode_image(real), "prior": pipe.prior_embedding(prompts, seed=0)}
     for source, embeddings in conditions.items():
