@@ -78,6 +78,21 @@ def with_t_power(power: float) -> None:
     decoder_module.torch = Skewed()
 
 
+def with_mlp_condition(hidden: int) -> None:
+    """Make every Decoder built in this process read its embedding through a one-hidden-layer MLP."""
+    import minidalle.decoder as decoder_module
+    from torch import nn
+
+    class MLPConditionUNet(decoder_module.UNet):
+        def __init__(self, config):
+            super().__init__(config)
+            E, out, tokens = config.embed_dim, self.cond_proj.out_features, self.context_proj.out_features
+            self.cond_proj = nn.Sequential(nn.Linear(E, hidden), nn.SiLU(), nn.Linear(hidden, out))  # (B, 4C)
+            self.context_proj = nn.Sequential(nn.Linear(E, hidden), nn.SiLU(), nn.Linear(hidden, tokens))  # (B, K*C)
+
+    decoder_module.UNet = MLPConditionUNet
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -92,16 +107,22 @@ def main():
     parser.add_argument("--ema", type=float, default=DECODER_TRAIN.ema)
     parser.add_argument("--t-power", type=float, default=1.0,
                         help="train on t = floor(T * u**p), u uniform: p < 1 more high-noise steps, p > 1 more low-noise")
+    parser.add_argument("--mlp-condition", type=int, default=0,
+                        help="read the embedding through Linear-SiLU-Linear (this many hidden units) instead of "
+                             "the linear cond_proj and context_proj (0: linear, as shipped)")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance (default: the decoder's)")
     parser.add_argument("--tag", default="", help="a suffix for the result's name (e.g. a sampler setting)")
+    parser.add_argument("--checkpoints", default=None,
+                        help="a folder with the CLIP and prior to use (default: the shipped ones)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=256)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    clip, prior = load_clip(), load_prior()
+    folder = Path(args.checkpoints) if args.checkpoints else minidalle.CHECKPOINT_DIR
+    clip, prior = load_clip(folder / "clip"), load_prior(folder / "prior")
     unet = UNetConfig(embed_dim=clip.config.embed_dim, standardize=args.standardize,
                       attention_below=args.attention_below, width=args.width,
                       context_tokens=args.context_tokens)
@@ -112,6 +133,8 @@ def main():
     start = time.perf_counter()
     if args.t_power != 1.0:
         with_t_power(args.t_power)
+    if args.mlp_condition:
+        with_mlp_condition(args.mlp_condition)
     if not args.eval_only:
         train_decoder(clip, config, recipe, out=out, force=True, progress=False)
     decoder = load_decoder(out)  # its EMA weights
@@ -126,8 +149,12 @@ def main():
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
+    if args.checkpoints:
+        row["checkpoints"] = args.checkpoints
     if args.t_power != 1.0:  # not recorded by the checkpoint: only a run trained here knows it
         row["t_power"] = args.t_power
+    if args.mlp_condition:
+        row["mlp_condition"] = args.mlp_condition
     with torch.no_grad():
         conditions = {"real": clip.encode_image(real), "prior": pipe.prior_embedding(prompts, seed=0)}
     for source, embeddings in conditions.items():
