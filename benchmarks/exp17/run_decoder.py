@@ -105,6 +105,7 @@ def main():
     parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
     parser.add_argument("--ema", type=float, default=DECODER_TRAIN.ema)
+    parser.add_argument("--seed", type=int, default=DECODER_TRAIN.seed, help="the training run's seed")
     parser.add_argument("--t-power", type=float, default=1.0,
                         help="train on t = floor(T * u**p), u uniform: p < 1 more high-noise steps, p > 1 more low-noise")
     parser.add_argument("--mlp-condition", type=int, default=0,
@@ -128,7 +129,7 @@ def main():
                       context_tokens=args.context_tokens)
     config = DecoderConfig(unet=unet, min_snr=args.min_snr)
     recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr, ema=args.ema,
-                                 eval_every=10**9, save_every=args.steps)
+                                 seed=args.seed, eval_every=10**9, save_every=args.steps)
     out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
     start = time.perf_counter()
     if args.t_power != 1.0:
@@ -145,7 +146,7 @@ def main():
     row = {"name": args.name + args.tag, "steps": trained.steps, "standardize": unet.standardize,
            "min_snr": decoder.config.min_snr, "attention_below": unet.attention_below, "width": unet.width,
            "threads": args.threads, "context_tokens": unet.context_tokens, "batch": trained.batch_size,
-           "lr": trained.lr, "ema": trained.ema,
+           "lr": trained.lr, "ema": trained.ema, "seed": trained.seed,
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
