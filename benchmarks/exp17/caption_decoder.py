@@ -1,7 +1,7 @@
 """Issue 17: GLIDE's caption pathway in the decoder (unCLIP §2.1), rebuilt on the 900 s recipe.
 
     python benchmarks/exp17/caption_decoder.py NAME STEPS [--batch 32] [--lr 2e-3] [--layers 2]
-                                               [--drop-caption 0.5] [--threads 1] [--eval-only]
+                                               [--drop-caption 0.5] [--seed 0] [--threads 1] [--eval-only]
 
 unCLIP's decoder keeps GLIDE's text encoder: the caption's token features are concatenated to the
 four context tokens projected from the CLIP image embedding, and the caption is dropped 50 % of the
@@ -141,6 +141,7 @@ def main():
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--drop-caption", type=float, default=0.5)
+    parser.add_argument("--seed", type=int, default=DECODER_TRAIN.seed, help="the training run's seed")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--eval-only", action="store_true")
@@ -149,7 +150,7 @@ def main():
     clip, prior = load_clip(), load_prior()
     config = DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim, standardize=True))
     recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr,
-                                 eval_every=10**9, save_every=10**9)
+                                 seed=args.seed, eval_every=10**9, save_every=10**9)
     path = minidalle.DATA_DIR / "runs" / "exp17" / f"{args.name}.caption.pt"
     torch.manual_seed(recipe.seed)
     model = CaptionDecoder(config, args.layers, args.drop_caption)
@@ -180,7 +181,7 @@ def main():
         z_prior = UnCLIP(clip, prior, model).prior_embedding(prompts, seed=0)
     row = {"name": args.name, "steps": args.steps, "standardize": True, "min_snr": 0.0, "attention_below": 8,
            "width": 48, "threads": args.threads, "context_tokens": 4, "batch": args.batch, "lr": args.lr,
-           "ema": recipe.ema, "sample_steps": config.steps, "eta": 0.0, "guidance": config.guidance,
+           "ema": recipe.ema, "seed": recipe.seed, "sample_steps": config.steps, "eta": 0.0, "guidance": config.guidance,
            "train_seconds": round(seconds, 1), "prompts": args.prompts, "caption_layers": args.layers,
            "drop_caption": args.drop_caption}
     for source, z, captions in (("real", z_real, prompts), ("prior", z_prior, prompts), ("realnocap", z_real, None)):
