@@ -146,6 +146,11 @@ class UNet(nn.Module):
         self.embed_std.copy_(embeddings.std(0).clamp(min=1e-4))
         self.null_embedding.copy_(self.embed_mean)  # "no condition" starts at the standardized origin
 
+    def context_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The (standardized) embedding (B, E) -> the K context tokens (B, K, C) every attention block
+        attends to besides the pixels (unCLIP §2.1: "four extra tokens of context")."""
+        return self.context_proj(embedding).view(len(embedding), self.config.context_tokens, self.attn_width)
+
     def _level_block(self, c_in: int, c_out: int, emb_dim: int, side: int) -> nn.ModuleList:
         blocks = [ResBlock(c_in, c_out, emb_dim, self.config.dropout)]
         if side <= self.config.attention_below:
@@ -164,7 +169,7 @@ class UNet(nn.Module):
         if self.config.standardize:  # the null embedding too: it is learned in the standardized space
             embedding = (embedding - self.embed_mean) / self.embed_std  # (B, E)
         emb = self.time_mlp(timestep_embedding(t, self.config.width)) + self.cond_proj(embedding)  # (B, 4C)
-        context = self.context_proj(embedding).view(B, self.config.context_tokens, self.attn_width)  # (B, K, C)
+        context = self.context_tokens(embedding)  # (B, K, C)
         h = self.stem(x)  # (B, C, S/p, S/p)
         skips = [h]
         for block in self.down:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 
 import torch
@@ -41,8 +40,8 @@ from minidalle.sources import training_batch
 from minidalle.tokenizer import WordTokenizer
 from minidalle.train import DECODER_TRAIN, Trainer, decoder_loss, set_embedding_stats
 from minidalle.transformer import Block
-from minidalle.unet import UNet, UNetConfig, timestep_embedding
-from run_decoder import HERE, group_rates, per_prompt
+from minidalle.unet import UNet, UNetConfig
+from run_decoder import append_row, per_prompt, record
 
 TOKENIZER = WordTokenizer(context_length=14)  # the longest full caption is 10 words + start and end
 
@@ -67,26 +66,9 @@ class CaptionUNet(UNet):
             x = block(x, mask=mask)
         return self.caption_norm(x)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
-        B = x.shape[0]
-        if embedding is None:
-            embedding = self.null_embedding.expand(B, -1)
-        embedding = (embedding - self.embed_mean) / self.embed_std  # (B, E) standardized
-        emb = self.time_mlp(timestep_embedding(t, self.config.width)) + self.cond_proj(embedding)  # (B, 4C)
-        context = self.context_proj(embedding).view(B, self.config.context_tokens, self.attn_width)  # (B, K, C)
-        context = torch.cat([context, self.encode_caption(self.ids)], dim=1)  # (B, K + L, C)
-        h = self.stem(x)  # (B, C, S/p, S/p)
-        skips = [h]
-        for block in self.down:
-            h = self._run(block, h, emb, context) if isinstance(block, nn.ModuleList) else block(h)
-            skips.append(h)
-        h = self._run(self.mid, h, emb, context)
-        for block in self.up:
-            if isinstance(block, nn.ModuleList):
-                h = self._run(block, torch.cat([h, skips.pop()], dim=1), emb, context)
-            else:
-                h = block(h)
-        return self.out(h)  # (B, 3, S, S)
+    def context_tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The U-Net's K context tokens, then the caption's L token features: (B, K + L, C)."""
+        return torch.cat([super().context_tokens(embedding), self.encode_caption(self.ids)], dim=1)
 
 
 class CaptionDecoder(Decoder):
@@ -128,8 +110,7 @@ class CaptionDecoder(Decoder):
         return uncond + guidance * (cond - uncond)
 
     def sample_captioned(self, embeddings, captions, **kwargs):
-        self.ids = (TOKENIZER.encode(captions).ids if captions is not None else
-                    TOKENIZER.encode([""] * len(embeddings)).ids).to(self.device)
+        self.ids = TOKENIZER.encode(captions).ids.to(self.device) if captions is not None else self.empty(len(embeddings))
         return self.sample(embeddings, **kwargs)
 
 
@@ -186,14 +167,8 @@ def main():
            "drop_caption": args.drop_caption}
     for source, z, captions in (("real", z_real, prompts), ("prior", z_prior, prompts), ("realnocap", z_real, None)):
         with torch.no_grad():
-            images = model.sample_captioned(z, captions, seed=0)
-        outcomes = per_prompt(judge.predict(images), prompts)
-        for group, (right, stripe) in group_rates(outcomes).items():
-            row[f"{source}_{group}_all"], row[f"{source}_{group}_color2"] = round(right, 4), round(stripe, 4)
-        row[f"{source}_outcomes"] = "".join("1" if a else "0" for a, _ in outcomes)
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: v for k, v in row.items() if not k.endswith("outcomes")}))
+            record(row, source, per_prompt(judge.predict(model.sample_captioned(z, captions, seed=0)), prompts))
+    append_row(row)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,20 @@ def group_rates(outcomes):
     return rates
 
 
+def record(row: dict, source: str, outcomes) -> None:
+    """Put one source's per_prompt outcomes into a result row: rates per group and the outcomes string."""
+    for group, (right, stripe) in group_rates(outcomes).items():
+        row[f"{source}_{group}_all"], row[f"{source}_{group}_color2"] = round(right, 4), round(stripe, 4)
+    row[f"{source}_outcomes"] = "".join("1" if a else "0" for a, _ in outcomes)
+
+
+def append_row(row: dict) -> None:
+    """Append a run's row to results.jsonl and print it without the per-prompt outcomes."""
+    with open(HERE / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if not k.endswith("outcomes")}))
+
+
 def with_t_power(power: float) -> None:
     """Make Decoder.loss draw its timesteps as floor(T * u**power) instead of uniformly (this process only)."""
     import minidalle.decoder as decoder_module
@@ -159,14 +173,9 @@ def main():
     with torch.no_grad():
         conditions = {"real": clip.encode_image(real), "prior": pipe.prior_embedding(prompts, seed=0)}
     for source, embeddings in conditions.items():
-        outcomes = per_prompt(judge.predict(decoder.sample(embeddings, seed=0, steps=args.sample_steps,
-                                                               guidance=args.guidance, eta=args.eta)), prompts)
-        for group, (right, stripe) in group_rates(outcomes).items():
-            row[f"{source}_{group}_all"], row[f"{source}_{group}_color2"] = round(right, 4), round(stripe, 4)
-        row[f"{source}_outcomes"] = "".join("1" if a else "0" for a, _ in outcomes)
-    with open(HERE / "results.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-    print(json.dumps({k: v for k, v in row.items() if not k.endswith("outcomes")}))
+        record(row, source, per_prompt(judge.predict(decoder.sample(embeddings, seed=0, steps=args.sample_steps,
+                                                                    guidance=args.guidance, eta=args.eta)), prompts))
+    append_row(row)
 
 
 if __name__ == "__main__":
