@@ -264,7 +264,7 @@ def _cached_text_encoder(clip) -> Callable:
 
 
 PRIOR_TRAIN = TrainConfig(steps=2000, batch_size=256, lr=5e-4, warmup=200, eval_every=500, save_every=500)
-DECODER_TRAIN = TrainConfig(steps=3000, batch_size=64, lr=1e-3, warmup=100, ema=0.995, eval_every=500,
+DECODER_TRAIN = TrainConfig(steps=2400, batch_size=32, lr=2e-3, warmup=100, ema=0.995, eval_every=500,
                             save_every=250)
 
 

@@ -31,9 +31,9 @@ class UNetConfig:
     # Standardize the embedding with the training embeddings' per-dimension mean and std (buffers the
     # trainer fills) before projecting it: CLIP embeddings are unit vectors that differ from scene to
     # scene by a few hundredths per dimension, so the raw projections start out nearly blind to them.
-    standardize: bool = False
+    standardize: bool = True
 
-    ADDED_FIELDS = ("standardize",)  # checkpoints saved before it was added load with False
+    ADDED_FIELDS = {"standardize": False}  # checkpoints saved before it was added load with False
 
     @classmethod
     def tiny(cls) -> "UNetConfig":

@@ -161,7 +161,8 @@ def test_standardize_maps_training_embeddings_to_zero_mean_unit_std():
     plain U-Net fed the standardized embeddings by hand, and the null embedding starts at the origin."""
     torch.manual_seed(0)
     config = UNetConfig.tiny()
-    plain, std = UNet(config), UNet(dataclasses.replace(config, standardize=True))
+    assert config.standardize  # the default since issue 17
+    plain, std = UNet(dataclasses.replace(config, standardize=False)), UNet(config)
     std.load_state_dict(plain.state_dict(), strict=False)  # same weights; the statistics stay identity
     train = 0.3 + 0.02 * torch.randn(500, 16)  # unit-norm-like: a large shared mean, small spread
     std.set_embedding_stats(train)
@@ -180,7 +181,8 @@ def test_standardize_maps_training_embeddings_to_zero_mean_unit_std():
 
 def test_standardized_decoder_trains_saves_and_loads(tmp_path):
     """train_decoder fills the statistics from the training stream before step 1; they are saved with
-    the weights; a checkpoint without the field (saved before it existed) loads as standardize=False."""
+    the weights; a checkpoint without the field (saved before it existed, when False was the default)
+    loads as standardize=False."""
     from minidalle.clip import CLIP, CLIPConfig
     from minidalle.train import STATS_STEP, TrainConfig, decoder_loss, train_decoder
 
@@ -199,7 +201,8 @@ def test_standardized_decoder_trains_saves_and_loads(tmp_path):
     e = torch.randn(2, 16)
     torch.testing.assert_close(loaded.sample(e, seed=0), model.eval().sample(e, seed=0))
 
-    save_decoder(Decoder(DecoderConfig.tiny()), tmp_path / "old")
+    old_config = DecoderConfig(unet=dataclasses.replace(UNetConfig.tiny(), standardize=False), T=100, steps=5)
+    save_decoder(Decoder(old_config), tmp_path / "old")
     meta = json.loads((tmp_path / "old.json").read_text())
     del meta["config"]["unet"]["standardize"]  # as the shipped checkpoints were saved
     (tmp_path / "old.json").write_text(json.dumps(meta))
