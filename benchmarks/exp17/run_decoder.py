@@ -111,7 +111,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
     parser.add_argument("steps", type=int)
-    parser.add_argument("--standardize", action="store_true")
+    parser.add_argument("--standardize", action="store_true",
+                        help="standardize the embedding (shipped since issue 17; without it this script trains "
+                             "on the raw embedding, as the runs made before then did)")
     parser.add_argument("--min-snr", type=float, default=0.0)
     parser.add_argument("--attention-below", type=int, default=UNetConfig.attention_below)
     parser.add_argument("--width", type=int, default=UNetConfig.width)
