@@ -107,6 +107,64 @@ def with_mlp_condition(hidden: int) -> None:
     decoder_module.UNet = MLPConditionUNet
 
 
+def with_striped_share(share: float):
+    """A context in which the world's train-split scenes are striped with probability `share` (instead
+    of 0.5): each solid scene sample_scenes draws becomes striped, with a random stripe colour, with
+    probability (share - 0.5) / 0.5. For the decoder's training stream only (the evaluation prompts are
+    drawn outside it). Conditional on the embedding, which tells striped from solid, the images the
+    decoder learns to draw are the same; it sees more striped ones."""
+    import contextlib
+
+    import numpy as np
+
+    import minidalle.world as world
+
+    original = world.sample_scenes
+
+    def sample_scenes(n, split="train", rng=None, world_=None):
+        scenes = original(n, split, rng, world_)
+        flip = np.random.default_rng(rng.integers(2**31))
+        out = []
+        for a in scenes:
+            if not a.striped and flip.random() < (share - 0.5) / 0.5:
+                others = [c for c in world.COLORS if c != a.color]
+                a = dataclasses.replace(a, striped=True, color2=others[flip.integers(len(others))])
+            out.append(a)
+        return out
+
+    @contextlib.contextmanager
+    def context():
+        if share != 0.5:  # 0.5: the stream untouched, draw for draw
+            world.sample_scenes = sample_scenes
+        try:
+            yield
+        finally:
+            world.sample_scenes = original
+    return context()
+
+
+def with_foreground_weight(weight: float) -> None:
+    """Make Decoder.loss weigh the squared error of object pixels (any channel above 0.3 in the clean
+    image; the background is about 0.08) 1 + weight times a background pixel's (this process only)."""
+    import minidalle.decoder as decoder_module
+    from minidalle.diffusion import q_sample, training_target
+
+    def loss(self, images, embeddings, generator=None):
+        self._check_embeddings(embeddings)
+        x0 = images.to(self.device) * 2 - 1
+        B = x0.shape[0]
+        t = torch.randint(0, self.config.T, (B,), device=self.device, generator=generator)
+        noise = torch.randn(x0.shape, device=self.device, generator=generator)
+        x_t = q_sample(x0, t, noise, self.schedule)
+        drop = torch.rand(B, device=self.device, generator=generator) < self.config.drop_condition
+        cond = torch.where(drop[:, None], self.unet.null_embedding.expand(B, -1), embeddings.to(self.device))
+        target = training_target(self.config.prediction, self.schedule, x0, noise, t)
+        w = 1 + weight * (images.amax(dim=1, keepdim=True) > 0.3).float()  # (B, 1, S, S)
+        return (w * (self.unet(x_t, t, cond) - target).pow(2)).mean() / w.mean()
+
+    decoder_module.Decoder.loss = loss
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -117,6 +175,10 @@ def main():
     parser.add_argument("--min-snr", type=float, default=0.0)
     parser.add_argument("--attention-below", type=int, default=UNetConfig.attention_below)
     parser.add_argument("--width", type=int, default=UNetConfig.width)
+    parser.add_argument("--patch", type=int, default=UNetConfig.patch,
+                        help="the stem's patch: 1 runs the U-Net's top level at the full 32x32")
+    parser.add_argument("--mults", default=",".join(map(str, UNetConfig.mults)),
+                        help="channel multipliers per level, e.g. 1,3,6,6 (with --patch 1: four levels)")
     parser.add_argument("--context-tokens", type=int, default=UNetConfig.context_tokens)
     parser.add_argument("--batch", type=int, default=DECODER_TRAIN.batch_size)
     parser.add_argument("--lr", type=float, default=DECODER_TRAIN.lr)
@@ -127,6 +189,10 @@ def main():
     parser.add_argument("--mlp-condition", type=int, default=0,
                         help="read the embedding through Linear-SiLU-Linear (this many hidden units) instead of "
                              "the linear cond_proj and context_proj (0: linear, as shipped)")
+    parser.add_argument("--striped-share", type=float, default=0.5,
+                        help="the share of striped scenes in the decoder's training stream (the world: 0.5)")
+    parser.add_argument("--fg-weight", type=float, default=0.0,
+                        help="weigh object pixels' squared error 1 + this times a background pixel's")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -141,7 +207,8 @@ def main():
     folder = Path(args.checkpoints) if args.checkpoints else minidalle.CHECKPOINT_DIR
     clip, prior = load_clip(folder / "clip"), load_prior(folder / "prior")
     unet = UNetConfig(embed_dim=clip.config.embed_dim, standardize=args.standardize,
-                      attention_below=args.attention_below, width=args.width,
+                      attention_below=args.attention_below, width=args.width, patch=args.patch,
+                      mults=tuple(int(m) for m in args.mults.split(",")),
                       context_tokens=args.context_tokens)
     config = DecoderConfig(unet=unet, min_snr=args.min_snr)
     recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr, ema=args.ema,
@@ -152,8 +219,11 @@ def main():
         with_t_power(args.t_power)
     if args.mlp_condition:
         with_mlp_condition(args.mlp_condition)
+    if args.fg_weight:
+        with_foreground_weight(args.fg_weight)
     if not args.eval_only:
-        train_decoder(clip, config, recipe, out=out, force=True, progress=False)
+        with with_striped_share(args.striped_share):
+            train_decoder(clip, config, recipe, out=out, force=True, progress=False)
     decoder = load_decoder(out)  # its EMA weights
     train_seconds = decoder.metrics.get("train_seconds", time.perf_counter() - start)
     pipe, judge = UnCLIP(clip, prior, decoder), load_judge()
@@ -161,11 +231,16 @@ def main():
     trained, unet = recorded_config(decoder.metrics, DECODER_TRAIN), decoder.config.unet
     row = {"name": args.name + args.tag, "steps": trained.steps, "standardize": unet.standardize,
            "min_snr": decoder.config.min_snr, "attention_below": unet.attention_below, "width": unet.width,
+           "patch": unet.patch, "mults": list(unet.mults),
            "threads": args.threads, "context_tokens": unet.context_tokens, "batch": trained.batch_size,
            "lr": trained.lr, "ema": trained.ema, "seed": trained.seed,
            "sample_steps": args.sample_steps or decoder.config.steps, "eta": args.eta,
            "guidance": args.guidance or decoder.config.guidance,
            "train_seconds": round(train_seconds, 1), "prompts": args.prompts}
+    if args.striped_share != 0.5:
+        row["striped_share"] = args.striped_share
+    if args.fg_weight:
+        row["fg_weight"] = args.fg_weight
     if args.checkpoints:
         row["checkpoints"] = args.checkpoints
     if args.t_power != 1.0:  # not recorded by the checkpoint: only a run trained here knows it
