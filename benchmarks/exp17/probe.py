@@ -1,6 +1,6 @@
 """Issue 17: how the shipped CLIP image embedding carries each colour: linear and MLP probes.
 
-    python benchmarks/exp17/probe.py [--clip PATH] [--threads 2]
+    python benchmarks/exp17/probe.py [--clip PATH] [--threads 2]    # the shipped CLIP: writes probe.json
 
 Trains, on 20,000 fresh train-split renders' CLIP image embeddings (standardized per dimension,
 as the decoder sees them), a linear probe and a one-hidden-layer MLP probe (256 GELU units) for
@@ -13,6 +13,8 @@ same 3,000 steps a linear read learns more there when the attribute lives along 
 variance. The variance of every 8th principal axis is printed.
 """
 import argparse
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,7 @@ def main():
     white = axes / variances.clamp(min=1e-8).sqrt()  # (E, E): unit variance along every principal axis
     readers = {"linear": (0, lambda z: (z - mean) / std), "MLP 256": (256, lambda z: (z - mean) / std),
                "linear, whitened": (0, lambda z: (z - mean) @ white)}
+    results = {}
     for name in ("color", "color2"):
         (z, y), tests = labelled(*train, name), {"seen": labelled(*seen, name), "held-out": labelled(*heldout, name)}
         for kind, (hidden, read) in readers.items():
@@ -67,8 +70,12 @@ def main():
             with torch.no_grad():
                 accuracy = {group: (probe(read(zt)).argmax(1) == yt).float().mean().item()
                             for group, (zt, yt) in tests.items()}
+            results[f"{name} {kind}"] = {g: round(a, 4) for g, a in accuracy.items()}
             print(f"{name:7s} {kind:17s} " + "  ".join(f"{g} {a:.3f} (n={len(tests[g][1])})"
                                                       for g, a in accuracy.items()))
+    if not args.clip:  # notebook 08 reads the shipped CLIP's figures
+        (Path(__file__).resolve().parent / "probe.json").write_text(json.dumps(results, indent=1) + "\n")
+
 
 if __name__ == "__main__":
     main()

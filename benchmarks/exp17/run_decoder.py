@@ -143,9 +143,10 @@ def with_striped_share(share: float):
     return context()
 
 
-def with_foreground_weight(weight: float) -> None:
+def with_foreground_weight(weight: float, below: int = 10**9) -> None:
     """Make Decoder.loss weigh the squared error of object pixels (any channel above 0.3 in the clean
-    image; the background is about 0.08) 1 + weight times a background pixel's (this process only)."""
+    image; the background is about 0.08) 1 + weight times a background pixel's, at timesteps t < below
+    only (this process only)."""
     import minidalle.decoder as decoder_module
     from minidalle.diffusion import q_sample, training_target
 
@@ -159,7 +160,8 @@ def with_foreground_weight(weight: float) -> None:
         drop = torch.rand(B, device=self.device, generator=generator) < self.config.drop_condition
         cond = torch.where(drop[:, None], self.unet.null_embedding.expand(B, -1), embeddings.to(self.device))
         target = training_target(self.config.prediction, self.schedule, x0, noise, t)
-        w = 1 + weight * (images.amax(dim=1, keepdim=True) > 0.3).float()  # (B, 1, S, S)
+        low = (t < below).float()[:, None, None, None]  # (B, 1, 1, 1)
+        w = 1 + weight * low * (images.amax(dim=1, keepdim=True) > 0.3).float()  # (B, 1, S, S)
         return (w * (self.unet(x_t, t, cond) - target).pow(2)).mean() / w.mean()
 
     decoder_module.Decoder.loss = loss
@@ -231,6 +233,8 @@ def main():
                         help="weigh object pixels' squared error 1 + this times a background pixel's")
     parser.add_argument("--whiten", type=float, default=0.0,
                         help="whiten the embedding (PCA) with this eps instead of standardizing it (0: off)")
+    parser.add_argument("--fg-below", type=int, default=10**9,
+                        help="--fg-weight at timesteps below this only (default: all)")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -258,7 +262,7 @@ def main():
     if args.mlp_condition:
         with_mlp_condition(args.mlp_condition)
     if args.fg_weight:
-        with_foreground_weight(args.fg_weight)
+        with_foreground_weight(args.fg_weight, args.fg_below)
     if args.whiten:
         with_whitening(args.whiten)
     if not args.eval_only:
@@ -281,6 +285,8 @@ def main():
         row["striped_share"] = args.striped_share
     if args.fg_weight:
         row["fg_weight"] = args.fg_weight
+        if args.fg_below < 10**9:
+            row["fg_below"] = args.fg_below
     if args.whiten:
         row["whiten"] = args.whiten
     if args.checkpoints:
