@@ -203,6 +203,20 @@ def with_whitening(eps: float) -> None:
     decoder_module.UNet = WhitenedUNet
 
 
+def with_wsd_schedule(decay: float) -> None:
+    """Make the trainer's learning rate warm up, hold at lr, and decay linearly to 0 over the last
+    `decay` share of the steps ("warmup-stable-decay") instead of the cosine to 10 % (this process only)."""
+    import minidalle.train as train_module
+
+    def learning_rate(step, config):
+        if step < config.warmup:
+            return config.lr * (step + 1) / config.warmup
+        left = (config.steps - step) / max(1, decay * config.steps)
+        return config.lr * min(1.0, max(0.0, left))
+
+    train_module.learning_rate = learning_rate
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -235,6 +249,9 @@ def main():
                         help="whiten the embedding (PCA) with this eps instead of standardizing it (0: off)")
     parser.add_argument("--fg-below", type=int, default=10**9,
                         help="--fg-weight at timesteps below this only (default: all)")
+    parser.add_argument("--schedule", default="cosine", help="the noise schedule: cosine (shipped) or linear")
+    parser.add_argument("--wsd", type=float, default=0.0,
+                        help="learning rate: hold, then decay linearly to 0 over this share of the steps (0: cosine)")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
     parser.add_argument("--sample-steps", type=int, default=None, help="DDIM steps (default: the decoder's)")
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (0: deterministic)")
@@ -252,7 +269,7 @@ def main():
                       attention_below=args.attention_below, width=args.width, patch=args.patch,
                       mults=tuple(int(m) for m in args.mults.split(",")),
                       context_tokens=args.context_tokens)
-    config = DecoderConfig(unet=unet, min_snr=args.min_snr)
+    config = DecoderConfig(unet=unet, min_snr=args.min_snr, schedule=args.schedule)
     recipe = dataclasses.replace(DECODER_TRAIN, steps=args.steps, batch_size=args.batch, lr=args.lr, ema=args.ema,
                                  seed=args.seed, eval_every=10**9, save_every=args.steps)
     out = minidalle.DATA_DIR / "runs" / "exp17" / args.name
@@ -265,6 +282,8 @@ def main():
         with_foreground_weight(args.fg_weight, args.fg_below)
     if args.whiten:
         with_whitening(args.whiten)
+    if args.wsd:
+        with_wsd_schedule(args.wsd)
     if not args.eval_only:
         with with_striped_share(args.striped_share):
             train_decoder(clip, config, recipe, out=out, force=True, progress=False)
@@ -289,6 +308,10 @@ def main():
             row["fg_below"] = args.fg_below
     if args.whiten:
         row["whiten"] = args.whiten
+    if args.wsd:
+        row["wsd"] = args.wsd
+    if decoder.config.schedule != "cosine":
+        row["schedule"] = decoder.config.schedule
     if args.checkpoints:
         row["checkpoints"] = args.checkpoints
     if args.t_power != 1.0:  # not recorded by the checkpoint: only a run trained here knows it
