@@ -150,7 +150,7 @@ def with_foreground_weight(weight: float, below: int = 10**9) -> None:
     import minidalle.decoder as decoder_module
     from minidalle.diffusion import q_sample, training_target
 
-    def loss(self, images, embeddings, generator=None):
+    def loss(self, images, embeddings, generator=None):  # Decoder.loss, draw for draw, but the last three lines
         self._check_embeddings(embeddings)
         x0 = images.to(self.device) * 2 - 1
         B = x0.shape[0]
