@@ -22,7 +22,7 @@ from minidalle.unet import UNet, UNetConfig
 @dataclass(frozen=True)
 class DecoderConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
-    schedule: str = "cosine"
+    schedule: str = "linear"
     T: int = 1000
     prediction: str = "x0"  # "x0", "eps" or "v"
     drop_condition: float = 0.1  # classifier-free guidance: train unconditionally this often

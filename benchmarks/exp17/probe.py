@@ -1,6 +1,6 @@
 """Issue 17: how the shipped CLIP image embedding carries each colour: linear and MLP probes.
 
-    python benchmarks/exp17/probe.py [--clip PATH] [--threads 2]    # the shipped CLIP: writes probe.json
+    python benchmarks/exp17/probe.py [--clip PATH] [--out JSON] [--threads 2]    # the shipped CLIP: writes probe.json
 
 Trains, on 20,000 fresh train-split renders' CLIP image embeddings (standardized per dimension,
 as the decoder sees them), a linear probe and a one-hidden-layer MLP probe (256 GELU units) for
@@ -41,6 +41,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", default=None, help="a CLIP checkpoint (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="write the figures to this JSON (default: probe.json for the "
+                        "shipped CLIP, nothing for another)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clip = load_clip(args.clip) if args.clip else load_clip()
@@ -73,8 +75,9 @@ def main():
             results[f"{name} {kind}"] = {g: round(a, 4) for g, a in accuracy.items()}
             print(f"{name:7s} {kind:17s} " + "  ".join(f"{g} {a:.3f} (n={len(tests[g][1])})"
                                                       for g, a in accuracy.items()))
-    if not args.clip:  # notebook 08 reads the shipped CLIP's figures
-        (Path(__file__).resolve().parent / "probe.json").write_text(json.dumps(results, indent=1) + "\n")
+    out = args.out or (None if args.clip else Path(__file__).resolve().parent / "probe.json")  # notebook 08 reads it
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
