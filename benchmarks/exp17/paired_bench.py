@@ -9,8 +9,8 @@ the stripe colour with 95 % Wilson intervals, then the paired difference CANDIDA
 "every attribute right" and of the stripe colour (striped prompts) with a 95 % bootstrap interval
 over the prompts. When the two folders share a prior, the two pipelines decode the same prior
 embeddings, so the difference is the decoders' alone. --out writes both folders' per-prompt
-outcomes as strings of 0/1/- (every attribute right; stripe colour, "-" where not asked) with a
-held-out mask, for a notebook to recompute the figures from.
+outcomes as strings of 0/1/- (every attribute right; each attribute, "-" where the prompt does not ask
+for it) with a held-out mask, for a notebook to recompute the figures from.
 """
 import argparse
 import json
@@ -19,20 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minidalle.evaluate import (_asked, _checks, bootstrap_interval, evaluation_prompts, format_interval, load_judge,
-                                wilson_interval)
+from minidalle.evaluate import (SCORED, _asked, _checks, bootstrap_interval, evaluation_prompts, format_interval,
+                                load_judge, wilson_interval)
 from minidalle.pipeline import UnCLIP
 from minidalle.world import HELDOUT
 
 
 def outcomes(folder, prompts, judge):
-    """Per prompt: (held-out?, every attribute right?, stripe colour right? or None when not asked)."""
+    """Per prompt: (held-out?, every attribute right?, stripe colour right? or None when not asked,
+    {attribute: right? or None when not asked})."""
     pipe = UnCLIP.from_pretrained(folder)
     judged = judge.predict(pipe.generate(prompts, seed=0))
     rows = []
     for pred, want in zip(judged, _asked(judged, prompts)):
         checks = _checks(pred, want)
-        rows.append(((want.shape, want.color) in HELDOUT, all(checks.values()), checks.get("color2")))
+        rows.append(((want.shape, want.color) in HELDOUT, all(checks.values()), checks.get("color2"),
+                     {name: checks.get(name) for name in SCORED}))
     return rows
 
 
@@ -63,6 +65,8 @@ def main():
             "heldout": "".join(code[x[0]] for x in a),
             **{f"{who}_{what}": "".join(code[x[column]] for x in rows)
                for who, rows in (("baseline", a), ("candidate", b)) for what, column in (("all", 1), ("color2", 2))},
+            **{f"{who}_{name}": "".join(code[x[3][name]] for x in rows)
+               for who, rows in (("baseline", a), ("candidate", b)) for name in SCORED if name != "color2"},
             "baseline_dir": args.baseline, "candidate_dir": args.candidate}, indent=1) + "\n")
     both = np.array([(x[1], y[1]) for x, y in zip(a, b)], dtype=float).T
     lo, hi = bootstrap_interval(both[1] - both[0])
