@@ -26,15 +26,14 @@ from minidalle.world import HELDOUT
 
 
 def outcomes(folder, prompts, judge):
-    """Per prompt: (held-out?, every attribute right?, stripe colour right? or None when not asked,
-    {attribute: right? or None when not asked})."""
+    """Per prompt: (held-out?, {"all": every attribute right?, attribute: right? or None when not asked})."""
     pipe = UnCLIP.from_pretrained(folder)
     judged = judge.predict(pipe.generate(prompts, seed=0))
     rows = []
     for pred, want in zip(judged, _asked(judged, prompts)):
         checks = _checks(pred, want)
-        rows.append(((want.shape, want.color) in HELDOUT, all(checks.values()), checks.get("color2"),
-                     {name: checks.get(name) for name in SCORED}))
+        rows.append(((want.shape, want.color) in HELDOUT,
+                     {"all": all(checks.values()), **{name: checks.get(name) for name in SCORED}}))
     return rows
 
 
@@ -51,24 +50,23 @@ def main():
     judge = load_judge(f"{args.baseline}/judge")
     a, b = outcomes(args.baseline, prompts, judge), outcomes(args.candidate, prompts, judge)
     for group, held in (("seen", False), ("held-out", True)):
-        for name, column in (("every attribute right", 1), ("stripe colour", 2)):
-            pairs = [(x[column], y[column]) for x, y in zip(a, b) if x[0] == held and x[column] is not None]
+        for name, key in (("every attribute right", "all"), ("stripe colour", "color2")):
+            pairs = [(x[1][key], y[1][key]) for x, y in zip(a, b) if x[0] == held and x[1][key] is not None]
             base, cand = np.array(pairs, dtype=float).T  # (2, prompts)
             lo, hi = bootstrap_interval(cand - base)
-            print(f"{group:<9} {name:<22} baseline {format_interval(base.mean(), wilson_interval(int(base.sum()), len(base)))}"
-                  f"  candidate {format_interval(cand.mean(), wilson_interval(int(cand.sum()), len(cand)))}"
+            rate = {run: format_interval(x.mean(), wilson_interval(int(x.sum()), len(x))) for run, x in
+                    (("baseline", base), ("candidate", cand))}
+            print(f"{group:<9} {name:<22} baseline {rate['baseline']}  candidate {rate['candidate']}"
                   f"  paired diff {(cand - base).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]  ({len(base)} prompts)")
     if args.out:
         code = {True: "1", False: "0", None: "-"}
         Path(args.out).write_text(json.dumps({
             "prompts": "minidalle.evaluate.evaluation_prompts(%d, seed=0), pipe.generate(seed=0)" % args.n,
             "heldout": "".join(code[x[0]] for x in a),
-            **{f"{who}_{what}": "".join(code[x[column]] for x in rows)
-               for who, rows in (("baseline", a), ("candidate", b)) for what, column in (("all", 1), ("color2", 2))},
-            **{f"{who}_{name}": "".join(code[x[3][name]] for x in rows)
-               for who, rows in (("baseline", a), ("candidate", b)) for name in SCORED if name != "color2"},
+            **{f"{who}_{key}": "".join(code[x[1][key]] for x in rows)
+               for who, rows in (("baseline", a), ("candidate", b)) for key in ("all",) + SCORED},
             "baseline_dir": args.baseline, "candidate_dir": args.candidate}, indent=1) + "\n")
-    both = np.array([(x[1], y[1]) for x, y in zip(a, b)], dtype=float).T
+    both = np.array([(x[1]["all"], y[1]["all"]) for x, y in zip(a, b)], dtype=float).T  # (2, prompts)
     lo, hi = bootstrap_interval(both[1] - both[0])
     print(f"all       every attribute right paired diff {(both[1] - both[0]).mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
 
