@@ -53,6 +53,12 @@ def _stage_options(stage: str, args, clip=None) -> dict:
         kw["condition"] = "text"
     if stage != "clip":
         kw["model_config"] = preset.prior_for(clip) if stage == "prior" else preset.decoder_for(clip)
+        if kind == "decoder" and getattr(args, "schedule", None):
+            from minidalle.decoder import DecoderConfig
+            from minidalle.unet import UNetConfig
+
+            base = kw["model_config"] or DecoderConfig(unet=UNetConfig(embed_dim=clip.config.embed_dim))
+            kw["model_config"] = dataclasses.replace(base, schedule=args.schedule)
         if args.data:  # what reads captions reads them with its CLIP's tokenizer: check them all now
             kw["data"] = load_folder(args.data, clip.config.vision.image_size,
                                      clip.tokenizer if stage in ("prior", "decoder_text") else None)
@@ -79,6 +85,10 @@ def _train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.schedule and args.stage not in ("decoder", "decoder_text", "all"):
+        print("error: --schedule is the diffusion decoder's: use it with train decoder, decoder_text or all",
+              file=sys.stderr)
+        return 2
     if args.stage == "flow-decoder":
         return _train_flow_decoder(args)
     folder = Path(args.checkpoints)
@@ -220,6 +230,8 @@ def _extended_judge(args, words: tuple) -> int:
 
 
 def main(argv=None) -> int:
+    from minidalle.diffusion import SCHEDULES
+
     parser = argparse.ArgumentParser(prog="python -m minidalle", description="A miniature DALL-E 2 (unCLIP).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -253,6 +265,8 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=None,
                    help="training steps (default: the preset's; gan: as many as cost the decoder's CPU seconds)")
     t.add_argument("--batch-size", type=int, default=None, help="global batch size, over all processes")
+    t.add_argument("--schedule", choices=list(SCHEDULES), default=None,
+                   help="the diffusion decoder's noise schedule (default: linear; notebook 06 compares them)")
     t.add_argument("--tokenizer", choices=["word", "bpe"], default=None,
                    help="CLIP's tokenizer for new captions: word (a vocabulary of the captions' words, default "
                         "with --data) or bpe (open_clip's, any text)")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidalle import checkpoints
-from minidalle.diffusion import (PREDICTIONS, ddim_invert, ddim_sample, make_schedule, min_snr_weight, q_sample,
+from minidalle.diffusion import (PREDICTIONS, SCHEDULES, ddim_invert, ddim_sample, make_schedule, min_snr_weight, q_sample,
                                  training_target)
 from minidalle.unet import UNet, UNetConfig
 
@@ -41,6 +41,8 @@ class DecoderConfig:
             raise ValueError(f"prediction must be one of {PREDICTIONS}, not {self.prediction!r}")
         if self.min_snr < 0:
             raise ValueError(f"min_snr must be 0 (off) or a positive gamma, not {self.min_snr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, not {self.schedule!r}")
 
 
 class Decoder(nn.Module):

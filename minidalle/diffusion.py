@@ -41,8 +41,13 @@ class Schedule:
         return self.betas.shape[0]
 
 
+SCHEDULES = ("linear", "cosine", "shifted-cosine")
+COSINE_SHIFT = 2.0  # "shifted-cosine": the cosine schedule's SNR divided by COSINE_SHIFT**2
+
+
 def make_schedule(kind: str, T: int) -> Schedule:
-    """A "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021) schedule of T steps."""
+    """A "linear" (Ho et al. 2020), "cosine" (Nichol & Dhariwal 2021) or "shifted-cosine" (the cosine
+    schedule with its SNR divided by COSINE_SHIFT**2 = 4, Hoogeboom et al. 2023) schedule of T steps."""
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be an integer >= 1, got {T!r}")
     if kind == "linear":
@@ -57,8 +62,15 @@ def make_schedule(kind: str, T: int) -> Schedule:
         f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
         # Eq. 17's beta: 1 - alpha_bar(t+1)/alpha_bar(t), clipped at 0.999 to avoid a singularity at t = T.
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    elif kind == "shifted-cosine":
+        # Hoogeboom et al. 2023 ("simple diffusion"), sec. 3.1: SNR'(t) = SNR(t) / shift^2, so
+        # alpha_bar' = alpha_bar / (alpha_bar + shift^2 (1 - alpha_bar)); the betas follow from the ratios.
+        alpha_bar = make_schedule("cosine", T).alpha_bar
+        alpha_bar = alpha_bar / (alpha_bar + COSINE_SHIFT**2 * (1 - alpha_bar))  # (T,)
+        previous = torch.cat([torch.ones(1, dtype=alpha_bar.dtype), alpha_bar[:-1]])  # (T,) alpha_bar'(t-1)
+        betas = (1 - alpha_bar / previous).clamp(max=0.999)
     else:
-        raise ValueError(f"unknown schedule kind {kind!r}; expected 'linear' or 'cosine'")
+        raise ValueError(f"unknown schedule kind {kind!r}; expected one of {SCHEDULES}")
     alphas = 1 - betas
     return Schedule(betas=betas, alphas=alphas, alpha_bar=torch.cumprod(alphas, dim=0))
 

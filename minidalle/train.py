@@ -109,6 +109,7 @@ class Trainer:
         state_path = self._state_path()
         if not state_path.exists():
             raise checkpoints.CheckpointError(f"cannot resume: {state_path} (optimizer state) is missing")
+        self._check_resumed_config(meta)
         state = checkpoints.read_tensors(state_path)
         model_state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
         checkpoints.check_tensors(model_state, self.model.state_dict(), state_path)
@@ -120,6 +121,20 @@ class Trainer:
         self.step = int(meta["step"])
         self.history = meta["metrics"].get("history", [])
         self.seconds = float(meta["metrics"].get("train_seconds", 0.0))
+
+    def _check_resumed_config(self, meta: dict) -> None:
+        """Refuse to resume a checkpoint saved with another model config than this run's: the weights could
+        fit (e.g. the decoder's noise schedule changes no shape) and the run would go on as another model."""
+        config = getattr(self.model, "config", None)
+        if not dataclasses.is_dataclass(config) or not isinstance(meta.get("config"), dict):
+            return
+        saved = checkpoints.config_from_dict(type(config), meta["config"])
+        differ = [f.name for f in dataclasses.fields(config) if getattr(saved, f.name) != getattr(config, f.name)]
+        if differ:
+            raise checkpoints.CheckpointError(
+                f"cannot resume {self.out}: it was saved with another {type(config).__name__} ("
+                + ", ".join(f"{name}: saved {getattr(saved, name)!r}, now {getattr(config, name)!r}" for name in differ)
+                + "); resume with the settings it was trained with, or train anew with --force")
 
     def sampling_model(self) -> torch.nn.Module:
         return self.ema_model if self.ema_model is not None else self.model

@@ -114,18 +114,18 @@ def test_save_load_identical_and_mismatch(tmp_path):
         load_decoder(tmp_path / "decoder")
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "shifted-cosine"])
 def test_checkpoint_keeps_its_noise_schedule(schedule, tmp_path):
-    # issue 17 moved the default to "linear"; a decoder saved with either schedule must load with its own
-    # (sampling with the other schedule's alpha_bar would give different images)
-    from minidalle.diffusion import make_schedule
+    # issue 17 moved the default to "linear"; a decoder saved with any schedule must load with its own
+    # (sampling with another schedule's alpha_bar would give different images)
+    from minidalle.diffusion import SCHEDULES, make_schedule
     config = dataclasses.replace(DecoderConfig.tiny(), schedule=schedule)
     save_decoder(Decoder(config), tmp_path / "decoder")
     loaded = load_decoder(tmp_path / "decoder")
     assert loaded.config.schedule == schedule
     torch.testing.assert_close(loaded.schedule.alpha_bar, make_schedule(schedule, config.T).alpha_bar)
-    other = make_schedule("linear" if schedule == "cosine" else "cosine", config.T)
-    assert not torch.allclose(loaded.schedule.alpha_bar, other.alpha_bar)
+    for other in set(SCHEDULES) - {schedule}:
+        assert not torch.allclose(loaded.schedule.alpha_bar, make_schedule(other, config.T).alpha_bar)
 
 
 def test_default_decoder_uses_the_linear_schedule():

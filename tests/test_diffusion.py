@@ -38,7 +38,21 @@ def test_cosine_alpha_bar_golden():
     assert schedule.alpha_bar[999].item() == pytest.approx(schedule.alpha_bar[998].item() * 1e-3, rel=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_shifted_cosine_divides_the_snr_by_four():
+    # Hoogeboom et al. 2023, sec. 3.1: the shifted schedule's SNR is the cosine one's / shift^2, at every t,
+    # written here from the closed form of eq. 17 (not through make_schedule("cosine"))
+    assert D.COSINE_SHIFT == 2.0
+    schedule = D.make_schedule("shifted-cosine", 1000)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    for t in (0, 10, 250, 500, 750, 990):
+        cosine = f((t + 1) / 1000) / f(0)
+        shifted = schedule.alpha_bar[t].item()
+        assert shifted / (1 - shifted) == pytest.approx(cosine / (1 - cosine) / 4, rel=1e-9)
+    snr = schedule.alpha_bar / (1 - schedule.alpha_bar)
+    assert int((snr < 0.1).sum()) == 362  # the cosine schedule: 197 of 1,000, the linear one: 515
+
+
+@pytest.mark.parametrize("kind", D.SCHEDULES)
 @pytest.mark.parametrize("T", [1, 10, 50, 1000])
 def test_schedule_consistent(kind, T):
     schedule = D.make_schedule(kind, T)

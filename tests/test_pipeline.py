@@ -1,4 +1,7 @@
 """The unCLIP pipeline and the CLI, on tiny untrained models saved to a temporary folder."""
+import json
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,6 +138,27 @@ def test_cli_help_for_every_command(capsys):
 def test_cli_train_refuses_to_overwrite(tmp_path, folder, capsys):
     assert main(["train", "clip", "--checkpoints", str(folder)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_train_decoder_with_another_noise_schedule(tmp_path, folder, capsys):
+    # issue 17: train decoder --schedule picks the noise schedule; the checkpoint records it, and resuming it
+    # with another one is refused (no shape changes, so the weights alone would load without a word)
+    shutil.copy(folder / "clip.safetensors", tmp_path)
+    shutil.copy(folder / "clip.json", tmp_path)
+    tiny = ["--preset", "tiny", "--checkpoints", str(tmp_path)]
+    assert main(["train", "decoder", "--steps", "1", "--schedule", "cosine", *tiny]) == 0
+    assert json.loads((tmp_path / "decoder.json").read_text())["config"]["schedule"] == "cosine"
+    capsys.readouterr()
+    assert main(["train", "decoder", "--steps", "2", "--resume", *tiny]) == 2
+    err = capsys.readouterr().err
+    assert "schedule: saved 'cosine', now 'linear'" in err and "Traceback" not in err
+    assert json.loads((tmp_path / "decoder.json").read_text())["step"] == 1  # nothing overwritten
+    assert main(["train", "decoder", "--steps", "2", "--resume", "--schedule", "cosine", *tiny]) == 0
+    assert json.loads((tmp_path / "decoder.json").read_text())["step"] == 2
+    assert main(["train", "prior", "--schedule", "cosine", *tiny]) == 2
+    assert "--schedule is the diffusion decoder's" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not one of the schedules
+        main(["train", "decoder", "--schedule", "quadratic", *tiny])
 
 
 def test_cli_unusable_device_is_a_clear_error(tmp_path, folder, capsys):
