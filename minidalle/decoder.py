@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minidalle import checkpoints
-from minidalle.diffusion import (PREDICTIONS, SCHEDULES, ddim_invert, ddim_sample, make_schedule, min_snr_weight, q_sample,
-                                 training_target)
+from minidalle.diffusion import (PREDICTIONS, SCHEDULES, ddim_invert, ddim_sample, make_schedule, min_snr_weight,
+                                 q_sample, training_target)
 from minidalle.unet import UNet, UNetConfig
 
 
