@@ -2,7 +2,7 @@
 
     python benchmarks/exp17/run_decoder.py NAME STEPS [--standardize] [--min-snr G] [--attention-below S]
                                            [--width W] [--context-tokens K] [--batch B] [--lr LR] [--ema D]
-                                           [--fg-weight W [--fg-striped]] [--cosine-shift S] [--schedule linear]
+                                           [--fg-weight W [--fg-striped]] [--schedule linear|shifted-cosine]
                                            [--threads 2] [--prompts 256]
                                            [--eval-only [--sample-steps N] [--eta E] [--guidance G] --tag SUFFIX]
 
@@ -29,6 +29,7 @@ import torch
 import minidalle
 from minidalle.clip import load_clip
 from minidalle.decoder import DecoderConfig, load_decoder
+from minidalle.diffusion import SCHEDULES
 from minidalle.evaluate import evaluation_prompts, load_judge, score_prompts
 from minidalle.pipeline import UnCLIP
 from minidalle.prior import load_prior
@@ -184,27 +185,6 @@ def with_foreground_weight(weight: float, below: int = 10**9, striped_only: bool
     decoder_module.Decoder.loss = loss
 
 
-def with_cosine_shift(shift: float) -> None:
-    """Make every cosine schedule built in this process shifted: SNR(t) divided by shift**2 (Hoogeboom et
-    al. 2023, "simple diffusion", sec. 3.1), so alpha_bar' = alpha_bar / (alpha_bar + shift**2 (1 -
-    alpha_bar)). shift 2 puts 362 of 1,000 timesteps below SNR 0.1: between the cosine schedule's 197
-    and the linear one's 515 (this process only; --schedule cosine)."""
-    import minidalle.decoder as decoder_module
-    from minidalle.diffusion import Schedule, make_schedule
-
-    def shifted(kind, T):
-        base = make_schedule(kind, T)
-        if kind != "cosine":
-            return base
-        alpha_bar = base.alpha_bar / (base.alpha_bar + shift**2 * (1 - base.alpha_bar))  # (T,)
-        previous = torch.cat([torch.ones(1, dtype=alpha_bar.dtype), alpha_bar[:-1]])  # (T,)
-        betas = (1 - alpha_bar / previous).clamp(max=0.999)
-        alphas = 1 - betas
-        return Schedule(betas=betas, alphas=alphas, alpha_bar=torch.cumprod(alphas, dim=0))
-
-    decoder_module.make_schedule = shifted
-
-
 def with_whitening(eps: float) -> None:
     """Make every Decoder built in this process whiten its embedding (PCA: centre, rotate onto the
     training embeddings' principal axes, divide each by sqrt(its variance + eps)) instead of
@@ -288,9 +268,9 @@ def main():
     parser.add_argument("--fg-below", type=int, default=10**9,
                         help="--fg-weight at timesteps below this only (default: all)")
     parser.add_argument("--fg-striped", action="store_true", help="--fg-weight on striped renders only")
-    parser.add_argument("--cosine-shift", type=float, default=1.0,
-                        help="divide the cosine schedule's SNR by this squared (1: as is)")
-    parser.add_argument("--schedule", default="cosine", help="the noise schedule: cosine (shipped) or linear")
+    parser.add_argument("--schedule", default="cosine", choices=SCHEDULES,
+                        help="the noise schedule (default: cosine, the decoder's before issue 17 moved it to linear; "
+                             "the row cshift2 was run with a patch whose schedule equals shifted-cosine's exactly)")
     parser.add_argument("--wsd", type=float, default=0.0,
                         help="learning rate: hold, then decay linearly to 0 over this share of the steps (0: cosine)")
     parser.add_argument("--eval-only", action="store_true", help="judge the run already saved under NAME")
@@ -321,8 +301,6 @@ def main():
         with_mlp_condition(args.mlp_condition)
     if args.fg_weight:
         with_foreground_weight(args.fg_weight, args.fg_below, args.fg_striped)
-    if args.cosine_shift != 1.0:
-        with_cosine_shift(args.cosine_shift)
     if args.whiten:
         with_whitening(args.whiten)
     if args.wsd:
@@ -351,8 +329,6 @@ def main():
             row["fg_below"] = args.fg_below
         if args.fg_striped:
             row["fg_striped"] = True
-    if args.cosine_shift != 1.0:  # not recorded by the checkpoint: only this process knows it
-        row["cosine_shift"] = args.cosine_shift
     if args.whiten:
         row["whiten"] = args.whiten
     if args.wsd:
